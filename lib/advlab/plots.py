@@ -1,0 +1,97 @@
+"""Figures the notebooks share.  Each function returns a matplotlib Figure and reads only
+numbers the notebook has already computed (and saved), so a figure is traceable to data."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def image_grid(images, titles=None, ncols: int = 8, cmap="gray", scale: float = 1.4,
+               suptitle: str | None = None):
+    """Show [N, C, H, W] images in [0, 1] (or [N, H, W]) in a grid with optional titles."""
+    images = torch.as_tensor(images).detach().cpu()
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i]
+        if img.ndim == 3:
+            img = img.permute(1, 2, 0)
+            img = img.squeeze(-1) if img.shape[-1] == 1 else img
+        ax.imshow(img.numpy(), cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=1)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(histories: dict, keys=("train_loss",), xlabel="epoch", marks=None):
+    """One panel per key; one line per run in ``histories = {label: [row dicts]}``.
+
+    ``marks``: epochs to mark with a vertical dotted line (e.g. LR decays).
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for label, rows in histories.items():
+            pts = [(r["epoch"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        for m in marks or []:
+            ax.axvline(m, color="gray", ls=":", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_title(key.replace("_", " "))
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_bars(values: dict, class_names, ylabel="accuracy"):
+    """Grouped bars: ``values = {label: [K numbers]}``, one group per class."""
+    k, labels = len(class_names), list(values)
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6, 0.75 * k), 3.2))
+    for i, lab in enumerate(labels):
+        ax.bar(np.arange(k) + i * width, values[lab], width, label=lab)
+    ax.set_xticks(np.arange(k) + 0.4 - width / 2)
+    ax.set_xticklabels(class_names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def eps_curves(curves: dict, epsilons, xlabel="eps (Linf)", ylabel="robust accuracy"):
+    """Robust accuracy vs eps, one line per model: ``curves = {label: [acc per eps]}``."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, accs in curves.items():
+        ax.plot(epsilons, accs, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def claims_scorecard(records: list[dict]):
+    """A horizontal bar per stage: claims holding vs not holding."""
+    stages = [r["stage"] for r in records]
+    holds = [r["holds"] for r in records]
+    fails = [r["n"] - r["holds"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * max(len(stages), 2) + 1))
+    ax.barh(stages, holds, color="tab:green", label="holds")
+    ax.barh(stages, fails, left=holds, color="tab:red", label="does not hold")
+    ax.set_xlabel("claims")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

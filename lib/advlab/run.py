@@ -1,0 +1,106 @@
+"""The pipeline runner: ``python -m advlab.run STAGE [--profile smoke]``.
+
+Merges ``params.yaml`` (``common`` + the stage's section) with the active profile overlay,
+executes ``notebooks/STAGE.ipynb`` with papermill into ``outputs/STAGE/STAGE.ipynb``, renders
+``STAGE.html`` beside it, and exits non-zero naming the failing cell when the notebook fails.
+The profile comes from ``--profile``, else ``$ADVLAB_PROFILE``, else ``common.profile``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import params as params_mod
+from .data import repo_root
+
+
+def _kernel_name() -> str:
+    """The project's kernel if installed (``make setup`` installs 'advlab'), else python3."""
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        return "advlab" if "advlab" in KernelSpecManager().find_kernel_specs() else "python3"
+    except Exception:  # noqa: BLE001 - fall back to the interpreter's own kernel
+        return "python3"
+
+
+def render_html(ipynb: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(ipynb, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    out = ipynb.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike | None = None,
+            html: bool = True, root=None, log_output: bool = True) -> Path:
+    """Execute one stage's notebook; return the executed notebook's path.
+
+    Raises ``StageFailed`` (with the cell) if a cell raises.
+    """
+    import papermill as pm
+
+    root = Path(root or repo_root())
+    profile = profile or os.environ.get("ADVLAB_PROFILE") or None
+    p = params_mod.resolve(stage, profile, root)
+    src = root / "notebooks" / f"{stage}.ipynb"
+    if not src.exists():
+        raise params_mod.ParamsError(f"no notebook {src}")
+    out_dir = Path(out_dir) if out_dir else root / "outputs" / stage
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / f"{stage}.ipynb"
+    p["out_dir"] = str(out_dir)
+    env_root = os.environ.get("ADVLAB_ROOT")
+    os.environ["ADVLAB_ROOT"] = str(root)
+    try:
+        pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
+                            cwd=str(root), progress_bar=False, log_output=log_output,
+                            stdout_file=sys.stdout if log_output else None,
+                            stderr_file=sys.stderr if log_output else None)
+    except pm.PapermillExecutionError as e:
+        raise StageFailed(stage, e.exec_count, e.cell_index, e.ename, e.evalue, dest) from None
+    finally:
+        if env_root is None:
+            os.environ.pop("ADVLAB_ROOT", None)
+        else:
+            os.environ["ADVLAB_ROOT"] = env_root
+    if html:
+        render_html(dest)
+    return dest
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage, exec_count, cell_index, ename, evalue, dest):
+        self.stage, self.exec_count, self.cell_index = stage, exec_count, cell_index
+        super().__init__(f"notebook {stage} failed in cell [{exec_count}] (cell index "
+                         f"{cell_index}): {ename}: {evalue}\n  executed notebook: {dest}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m advlab.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", help="notebook name, e.g. 00_baselines")
+    ap.add_argument("--profile", choices=params_mod.PROFILES, default=None)
+    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--no-html", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="do not echo cell outputs")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        dest = execute(args.stage, args.profile, args.out_dir, not args.no_html,
+                       log_output=not args.quiet)
+    except (params_mod.ParamsError, StageFailed) as e:
+        print(f"advlab.run: {e}", file=sys.stderr)
+        return 1
+    print(f"advlab.run: {args.stage} done in {time.perf_counter() - t0:.0f}s -> {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
