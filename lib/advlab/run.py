@@ -60,11 +60,13 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     os.environ["ADVLAB_ROOT"] = str(root)
     try:
         pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
+                            language="python",
                             cwd=str(root), progress_bar=False, log_output=log_output,
                             stdout_file=sys.stdout if log_output else None,
                             stderr_file=sys.stderr if log_output else None)
     except pm.PapermillExecutionError as e:
-        raise StageFailed(stage, e.exec_count, e.cell_index, e.ename, e.evalue, dest) from None
+        raise StageFailed(stage, e.exec_count, e.cell_index, e.ename, e.evalue, dest,
+                          _cell_source(dest, e.exec_count)) from None
     finally:
         if env_root is None:
             os.environ.pop("ADVLAB_ROOT", None)
@@ -75,11 +77,29 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     return dest
 
 
+def _cell_source(ipynb: Path, exec_count: int) -> str:
+    """First line of the executed cell numbered ``exec_count`` ('' if unreadable).  Looked up
+    by execution count: papermill prepends an error banner cell, shifting indices."""
+    try:
+        import nbformat
+
+        cell = next(c for c in nbformat.read(ipynb, as_version=4).cells
+                    if c.get("execution_count") == exec_count)
+        lines = cell.source.strip().splitlines()
+        return lines[0] if lines else ""
+    except Exception:  # noqa: BLE001 - the message is best-effort
+        return ""
+
+
 class StageFailed(RuntimeError):
-    def __init__(self, stage, exec_count, cell_index, ename, evalue, dest):
+    """A notebook cell raised; the message names the cell as numbered in the executed
+    notebook (papermill's injected-parameters cell included) and quotes its first line."""
+
+    def __init__(self, stage, exec_count, cell_index, ename, evalue, dest, source=""):
         self.stage, self.exec_count, self.cell_index = stage, exec_count, cell_index
         super().__init__(f"notebook {stage} failed in cell [{exec_count}] (cell index "
-                         f"{cell_index}): {ename}: {evalue}\n  executed notebook: {dest}")
+                         f"{cell_index}: {source!r}): {ename}: {evalue}\n"
+                         f"  executed notebook: {dest}")
 
 
 def main(argv=None) -> int:

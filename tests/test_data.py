@@ -1,0 +1,101 @@
+"""Data: canonical files match data.dvc, corrupt or missing files fail with a fix, subsets are
+stratified and reproducible."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from advlab import data
+
+from .conftest import ROOT
+
+needs_data = pytest.mark.skipif(not (ROOT / "data" / "fashion_mnist").exists(),
+                                reason="data/ missing: run `make data`")
+
+
+@needs_data
+def test_data_matches_data_dvc():
+    assert data.verify(ROOT / "data.dvc") == yaml.safe_load(
+        (ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+@needs_data
+def test_dir_hash_matches_dvc_itself(tmp_path):
+    """Our reimplementation of DVC's folder hash agrees with `dvc add` on a fresh folder."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "repo" / "d"
+    folder.mkdir(parents=True)
+    (folder / "a.npy").write_bytes(b"abc")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text("hello")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=folder.parent,
+                   check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "-q", "d"], cwd=folder.parent, check=True)
+    spec = yaml.safe_load((folder.parent / "d.dvc").read_text())["outs"][0]
+    assert data.dvc_dir_hash(folder) == (spec["md5"], spec["nfiles"], spec["size"])
+
+
+@needs_data
+def test_rebuilt_data_is_byte_identical(tmp_path):
+    data.fetch(["fashion_mnist", "mnist5k"], root=tmp_path)
+    for name in ("fashion_mnist", "mnist5k"):
+        for f in data.FILES:
+            assert (tmp_path / name / f).read_bytes() == (ROOT / "data" / name / f).read_bytes()
+
+
+@needs_data
+def test_corrupt_and_missing_files_fail_with_a_fix(tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "mnist5k", root / "mnist5k")
+    f = root / "mnist5k" / "train_images.npy"
+    f.write_bytes(f.read_bytes()[:1000])  # truncated
+    with pytest.raises(data.DataError, match="fetch --force"):
+        data.load_dataset("mnist5k", "train", root)
+    f.unlink()
+    with pytest.raises(data.DataError, match="make data"):
+        data.load_dataset("mnist5k", "train", root)
+
+
+def test_verify_detects_a_changed_file(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "x.npy").write_bytes(b"123")
+    md5, n, size = data.dvc_dir_hash(folder)
+    dvc_file = tmp_path / "data.dvc"
+    dvc_file.write_text(yaml.safe_dump({"outs": [{"md5": md5, "nfiles": n, "size": size,
+                                                  "path": "data"}]}))
+    assert data.verify(dvc_file) == md5
+    (folder / "x.npy").write_bytes(b"124")
+    with pytest.raises(data.DataError, match="does not match"):
+        data.verify(dvc_file)
+
+
+@needs_data
+def test_loaded_tensors_have_the_documented_form():
+    x, y = data.load_dataset("fashion_mnist", "test", ROOT / "data")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1 and y.dtype == torch.int64
+    assert torch.equal(torch.bincount(y), torch.full((10,), 1000))
+
+
+def test_stratified_indices_are_balanced_disjoint_and_reproducible():
+    y = torch.arange(1000) % 10
+    a = data.stratified_indices(y, 20, seed=1)
+    assert torch.equal(a, data.stratified_indices(y, 20, seed=1))
+    assert torch.equal(torch.bincount(y[a]), torch.full((10,), 20))
+    b = data.stratified_indices(y, 20, seed=2, exclude=a)
+    assert not np.intersect1d(a.numpy(), b.numpy()).size
+    with pytest.raises(ValueError, match="only"):
+        data.stratified_indices(y, 101, seed=0)
+
+
+def test_unknown_and_unavailable_datasets_fail_clearly(monkeypatch, tmp_path):
+    with pytest.raises(KeyError, match="allowed"):
+        data.dataset_info("imagenet")
+    monkeypatch.setenv("ADVLAB_CIFAR10", str(tmp_path))
+    with pytest.raises(data.DataError, match="not available offline"):
+        data.load_dataset("cifar10", "train")
