@@ -7,10 +7,10 @@ Python numbers or tensors so results can go straight into ``metrics.json``.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from . import attacks
 from .data import batches
+from .progress import progress as progress_bar
 
 
 @torch.inference_mode()
@@ -44,8 +44,8 @@ def adversarial_examples(model, x, y, attack: str = "pgd", eps: float = 0.1,
     out = []
     with attacks.eval_mode(model):
         it = batches(x, y, batch_size)
-        for xb, yb in tqdm(it, total=-(-len(x) // batch_size), desc=attack, disable=not progress,
-                           leave=False):
+        for xb, yb in progress_bar(it, total=-(-len(x) // batch_size), desc=attack,
+                                   disable=not progress, leave=False):
             out.append(fn(model, xb.to(dev), yb.to(dev), eps, **kw).cpu())
     return torch.cat(out)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -151,30 +151,17 @@ def tiny_resnet(num_classes=10, in_channels=1, width=16):
     return PreActResNet((1, 1, 1), num_classes, in_channels, width)
 
 
-class WideBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
-                         if stride != 1 or cin != cout else None)
-
-    def forward(self, x):
-        o = F.relu(self.bn1(x))
-        sc = self.shortcut(o) if self.shortcut is not None else x
-        return self.conv2(F.relu(self.bn2(self.conv1(o)))) + sc
-
-
 @register_model
 def wide_resnet(num_classes=10, in_channels=3, depth=34, widen=10, mean=None, std=None):
-    """WideResNet-depth-widen (Zagoruyko & Komodakis); WRN-34-10 is the AWP paper's model."""
+    """WideResNet-depth-widen (Zagoruyko & Komodakis) built from the same pre-activation
+    blocks; WRN-34-10 is the AWP paper's model."""
     if (depth - 4) % 6:
         raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
     n, widths = (depth - 4) // 6, [16, 16 * widen, 32 * widen, 64 * widen]
     layers, cin = [], widths[0]
     for i, w in enumerate(widths[1:]):
         for j in range(n):
-            layers.append(WideBlock(cin, w, (1 if i == 0 else 2) if j == 0 else 1))
+            layers.append(PreActBlock(cin, w, (1 if i == 0 else 2) if j == 0 else 1))
             cin = w
     net = nn.Sequential(
         Normalize(mean, std) if mean is not None else nn.Identity(),

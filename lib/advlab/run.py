@@ -58,6 +58,7 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     p["out_dir"] = str(out_dir)
     env_root = os.environ.get("ADVLAB_ROOT")
     os.environ["ADVLAB_ROOT"] = str(root)
+    os.environ.setdefault("ADVLAB_PROGRESS", "text")  # the kernel inherits it
     try:
         pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
                             language="python",

@@ -25,10 +25,10 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from . import attacks
 from .data import batches
+from .progress import progress as progress_bar
 
 
 def seed_everything(seed: int) -> None:
@@ -253,9 +253,9 @@ def fit(model, train: tuple, method: Method, config: TrainConfig, *,
         t0 = time.perf_counter()
         tot_loss, n = 0.0, 0
         nb = math.ceil(len(x) / config.batch_size)
-        bar = tqdm(batches(x, y, config.batch_size, shuffle=True, generator=gen), total=nb,
-                   desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not progress,
-                   leave=False)
+        bar = progress_bar(batches(x, y, config.batch_size, shuffle=True, generator=gen),
+                           total=nb, desc=f"{desc} {epoch + 1}/{config.epochs}",
+                           disable=not progress, leave=False)
         for xb, yb in bar:
             xb, yb = xb.to(dev), yb.to(dev)
             x_adv = ep_method.adversarial(model, xb, yb)
