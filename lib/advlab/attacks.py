@@ -31,20 +31,6 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-@contextlib.contextmanager
-def input_grad_only(model: torch.nn.Module):
-    """Stop autograd from tracking the model's parameters for the block (an attack only needs
-    gradients w.r.t. its input: less bookkeeping, fewer saved tensors); flags are restored."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
 def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (x.ndim - 1)))
 
@@ -162,14 +148,6 @@ def pgd(model, x, y, eps: float, alpha: float | None = None, steps: int = 10,
         with torch.no_grad():
             logits_nat = model(x)
     sign = -1.0 if targeted else 1.0
-    with input_grad_only(model):
-        return _pgd_restarts(model, x, y, eps, alpha, steps, ball, random_start, restarts, mask,
-                             loss, logits_nat, sign, targeted, generator)
-
-
-def _pgd_restarts(model, x, y, eps, alpha, steps, ball, random_start, restarts, mask, loss,
-                  logits_nat, sign, targeted, generator):
-    """The PGD loop of ``pgd`` (arguments already validated)."""
     best_x, best_loss, best_wrong = x.clone(), None, None
     for _ in range(restarts):
         delta = ball.random(x, eps, generator) if random_start else torch.zeros_like(x)
