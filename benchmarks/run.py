@@ -32,13 +32,22 @@ def median_time(fn, repeats=5, warmup=1):
     return statistics.median(ts)
 
 
-def bench_pgd(model, x, y, eps=0.1, steps=10):
+def bench_pgd(model, x, y, eps=0.1, steps=10, rounds=9):
+    """Alternate the two attacks call by call (so load drift hits both alike); medians."""
     import torchattacks
 
     alpha = 2.5 * eps / steps
     ta = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    ours = median_time(lambda: attacks.pgd(model, x, y, eps, alpha, steps))
-    ref = median_time(lambda: ta(x, y))
+    fns = {"ours": lambda: attacks.pgd(model, x, y, eps, alpha, steps), "ref": lambda: ta(x, y)}
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()  # warm-up
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    ours, ref = statistics.median(times["ours"]), statistics.median(times["ref"])
     return {"ours_img_per_s": len(x) / ours, "torchattacks_img_per_s": len(x) / ref,
             "speed_ratio_ours_over_torchattacks": ref / ours}
 
