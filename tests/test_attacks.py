@@ -128,3 +128,30 @@ def test_bad_arguments_fail_clearly(trained_model, tiny_batch, kwargs, match):
     x, y = tiny_batch
     with pytest.raises(ValueError, match=match):
         attacks.pgd(trained_model, x[:2], y[:2], steps=1, **kwargs)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.8)])
+def test_early_stop_is_valid_and_never_weaker(trained_model, tiny_batch, norm, eps):
+    """Early stopping follows plain PGD's trajectory until an example is fooled, so with a
+    fixed start it can only find more (or the same) adversarial examples."""
+    x, y = tiny_batch
+    plain = attacks.pgd(trained_model, x, y, eps, steps=10, norm=norm, random_start=False)
+    early = attacks.pgd(trained_model, x, y, eps, steps=10, norm=norm, random_start=False,
+                        early_stop=True)
+    assert attacks.NORMS[norm].norm(early - x).max() <= eps + 1e-5
+    assert early.min() >= 0 and early.max() <= 1 and not early.requires_grad
+    acc_plain = evaluation.accuracy(trained_model, plain, y)
+    acc_early = evaluation.accuracy(trained_model, early, y)
+    assert acc_early <= acc_plain + 1 / len(y)
+    assert acc_early < evaluation.accuracy(trained_model, x, y)  # it does attack
+    g = torch.Generator().manual_seed(0)
+    restarted = attacks.pgd(trained_model, x, y, eps, steps=3, norm=norm, restarts=3,
+                            early_stop=True, generator=g)
+    assert attacks.NORMS[norm].norm(restarted - x).max() <= eps + 1e-5
+
+
+def test_early_stop_refuses_targeted_and_kl(trained_model, tiny_batch):
+    x, y = tiny_batch
+    for kw in ({"targeted": True}, {"loss": "kl"}):
+        with pytest.raises(ValueError, match="early_stop"):
+            attacks.pgd(trained_model, x, y, EPS, steps=2, early_stop=True, **kw)

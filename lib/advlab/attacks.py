@@ -122,7 +122,7 @@ def attack_loss(logits, y, loss: str = "ce", logits_nat=None, reduction: str = "
 def pgd(model, x, y, eps: float, alpha: float | None = None, steps: int = 10,
         norm: str = "linf", random_start: bool = True, restarts: int = 1,
         mask: torch.Tensor | None = None, loss: str = "ce", targeted: bool = False,
-        generator: torch.Generator | None = None) -> torch.Tensor:
+        generator: torch.Generator | None = None, early_stop: bool = False) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) with restarts, keeping the worst case.
 
     Args:
@@ -134,6 +134,11 @@ def pgd(model, x, y, eps: float, alpha: float | None = None, steps: int = 10,
             misclassifies (or, among equals, has the highest loss) is kept.
         mask: optional {0, 1} tensor broadcastable to ``x``: only pixels where it is 1 move.
         loss: 'ce' | 'cw' | 'kl' (see ``attack_loss``; 'kl' uses the model's clean logits).
+        early_stop: untargeted evaluation shortcut: an example stops moving at the first
+            iterate that the model misclassifies (that iterate is returned), and later
+            restarts only attack the examples still classified correctly.  The returned
+            accuracy can only be lower or equal (success at any step counts), and the work
+            shrinks as examples fall -- as AutoAttack attacks only the still-robust points.
     Returns:
         x_adv [B, C, H, W], detached, in [0, 1] and within ``eps`` of ``x``.
     """
@@ -148,6 +153,11 @@ def pgd(model, x, y, eps: float, alpha: float | None = None, steps: int = 10,
         with torch.no_grad():
             logits_nat = model(x)
     sign = -1.0 if targeted else 1.0
+    if early_stop:
+        if targeted or logits_nat is not None:
+            raise ValueError("early_stop is for untargeted 'ce'/'cw' evaluation attacks")
+        return _pgd_early_stop(model, x, y, eps, alpha, steps, ball, random_start, restarts,
+                               mask, loss, generator)
     best_x, best_loss, best_wrong = x.clone(), None, None
     for _ in range(restarts):
         delta = ball.random(x, eps, generator) if random_start else torch.zeros_like(x)
@@ -179,6 +189,45 @@ def pgd(model, x, y, eps: float, alpha: float | None = None, steps: int = 10,
         best_loss = torch.where(better, cur_loss, best_loss)
         best_wrong = best_wrong | wrong
     return best_x
+
+
+def _pgd_early_stop(model, x, y, eps, alpha, steps, ball, random_start, restarts, mask, loss,
+                    generator):
+    """``pgd`` where each example stops at its first misclassified iterate (see ``pgd``)."""
+    per_example = mask is not None and mask.dim() == x.dim() and mask.shape[0] == len(x) > 1
+    x_adv = x.clone()
+    with torch.no_grad():
+        fooled = model(x).argmax(1) != y        # already wrong on the clean input
+    for _ in range(restarts):
+        idx = (~fooled).nonzero().flatten()     # examples still classified correctly
+        if not len(idx):
+            break
+        xi, yi = x[idx], y[idx]
+        mi = mask[idx] if per_example else mask
+        delta = ball.random(xi, eps, generator) if random_start else torch.zeros_like(xi)
+        if mi is not None:
+            delta = delta * mi
+        delta = (xi + delta).clamp(0, 1) - xi
+        for step in range(steps + 1):
+            delta.requires_grad_(True)
+            logits = model(xi + delta)
+            wrong = logits.argmax(1) != yi
+            x_adv[idx] = (xi + delta).detach()  # survivors keep their latest iterate
+            fooled[idx[wrong]] = True           # successes are final: drop them
+            if step == steps or wrong.all():
+                break
+            keep = ~wrong
+            (grad,) = torch.autograd.grad(attack_loss(logits, yi, loss)[keep].sum(), delta)
+            with torch.no_grad():
+                idx, xi, yi, delta, grad = idx[keep], xi[keep], yi[keep], delta[keep], grad[keep]
+                if per_example:
+                    mi = mi[keep]
+                st = ball.step(grad, alpha)
+                if mi is not None:
+                    st = st * mi
+                d = ball.project(delta + st, eps)
+                delta = (xi + d).clamp(0, 1) - xi
+    return x_adv
 
 
 def fgsm(model, x, y, eps: float, random_start: bool = False, alpha: float | None = None,

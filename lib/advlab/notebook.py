@@ -96,6 +96,26 @@ class Run:
                                       **meta})
         return path
 
+    def load_model(self, stage: str, name: str):
+        """The model saved by ``save_model`` as ``outputs/<stage>/checkpoints/<name>.pt``,
+        rebuilt from its metadata (arch, classes, channels, kwargs), on this run's device, in
+        eval mode.  Returns (model, meta).  A missing checkpoint says which stage to run."""
+        from .models import create_model
+        from .training import load_checkpoint
+
+        path = self.stage_dir(stage) / "checkpoints" / f"{name}.pt"
+        if not path.exists():
+            have = sorted(p.stem for p in path.parent.glob("*.pt"))
+            raise FileNotFoundError(
+                f"checkpoint {path} not found (available: {have or 'none'}); run that stage "
+                f"first: `dvc repro {stage}` or `python -m advlab.run {stage}`")
+        blob = load_checkpoint(path)
+        meta = blob["meta"]
+        model = create_model(meta["arch"], meta.get("num_classes", 10),
+                             meta.get("in_channels", 1), **meta.get("model_kwargs", {}))
+        model.load_state_dict(blob["model"])
+        return model.to(self.device).eval(), meta
+
     def save_metrics(self, metrics: dict | None = None) -> Path:
         """Merge ``metrics`` into metrics.json (numbers only, for ``dvc metrics``) and write
         run.json beside it with the params, library versions, device and elapsed time."""

@@ -81,7 +81,8 @@ def validate(p: dict, stage: str = "") -> dict:
                 raise ParamsError(f"{where}{k}: unknown dataset {v!r}; allowed: {sorted(DATASETS)}")
         elif k == "arch" or k.endswith("_arch"):
             archs = v if isinstance(v, list) else [v]
-            bad = [a for a in archs if a not in _models()]
+            optional = k != "arch"  # e.g. deep_arch: null skips that model
+            bad = [a for a in archs if not (optional and a is None) and a not in _models()]
             if bad:
                 raise ParamsError(f"{where}{k}: unknown model {bad}; allowed: {sorted(_models())}")
         elif k == "eps" or k.startswith("eps_") or k.endswith("_eps"):
@@ -89,6 +90,12 @@ def validate(p: dict, stage: str = "") -> dict:
             if not all(isinstance(e, (int, float)) and 0 <= e <= 1 for e in vals):
                 raise ParamsError(f"{where}{k}: eps must be a number in [0, 1] "
                                   f"(pixels in [0, 1]); got {v!r}")
+        elif k.endswith("sparsity") or k.endswith("sparsities"):
+            vals = v if isinstance(v, list) else [v]
+            if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e < 1
+                       for e in vals):
+                raise ParamsError(f"{where}{k}: a sparsity is the fraction of prunable weights "
+                                  f"removed, a number in [0, 1); got {v!r}")
         elif k == "device":
             if v not in ("auto", "cpu", "cuda"):
                 raise ParamsError(f"{where}{k}: {v!r}; allowed: ['auto', 'cpu', 'cuda']")
