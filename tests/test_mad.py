@@ -189,3 +189,15 @@ def test_diagonal_saliency_is_the_single_weight_quadratic_term():
     share, diag = mad.mad_scores(model, [(x, y)], mask_steps=3, return_diagonal=True)
     assert torch.allclose(share["0"], mad.mad_scores(model, [(x, y)], mask_steps=3)["0"])
     assert (diag["0"] >= 0).all()
+
+
+def test_hydra_with_fresh_pgd_against_the_masked_network():
+    model, x, y = trained_mlp()
+    clean = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 600, 100)]
+    state = copy.deepcopy(model.state_dict())
+    s = mad.hydra_scores(model, clean, 0.7, epochs=1, eps=0.3, attack_steps=2)
+    assert all(s[n].shape == layer.weight.shape and torch.isfinite(s[n]).all()
+               for n, layer in pruning.prunable_layers(model).items())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="eps"):
+        mad.hydra_scores(model, clean, 0.7, epochs=1, attack_steps=2)

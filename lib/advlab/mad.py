@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .attacks import eval_mode
+from .attacks import eval_mode, pgd
 from .pruning import masks_from_scores, prunable_layers
 
 SOFTPLUS_INV_1 = math.log(math.e - 1)        # softplus(m) = 1   (mask fully on)
@@ -242,31 +242,39 @@ def fisher_scores(model: nn.Module, batches: Batches, chunk: int = 64) -> dict:
 
 
 def hydra_scores(model: nn.Module, batches: Batches, sparsity: float, epochs: int = 3,
-                 lr: float = 0.01, per_row: tuple[str, ...] = ()) -> dict:
+                 lr: float = 0.01, per_row: tuple[str, ...] = (), eps: float | None = None,
+                 attack_steps: int = 0) -> dict:
     """HYDRA-style importance scores (Sehwag et al. 2020), optimised for one ``sparsity``.
 
     Scores start at |w| / max|w| * sqrt(6 / fan_in) per layer (HYDRA's scaled init); the
     network's forward uses w * mask, mask = top-k of |scores| (same global + per-row rule as
     every other criterion here), and the adversarial loss is minimised w.r.t. the scores only,
-    with a straight-through gradient through the top-k (d mask / d score = 1).  Weights and
-    BatchNorm statistics stay frozen.  Deviations from the official HYDRA, for a CPU budget:
-    Adam for ``epochs`` passes over the fixed adversarial batches (HYDRA: SGD, 20 epochs with
-    fresh PGD against the masked network), and global instead of layer-wise top-k.  As in
-    HYDRA, BatchNorm uses batch statistics during the score optimisation (on a copy)."""
+    with a straight-through gradient through the top-k (d mask / d score = 1).  Weights stay
+    frozen; BatchNorm uses batch statistics, as HYDRA trains its scores (on a copy, so the
+    caller's running statistics are untouched).
+
+    ``attack_steps = 0``: ``batches`` are the shared adversarial batches (crafted against the
+    dense network).  ``attack_steps > 0``: ``batches`` hold *clean* images and every step
+    crafts fresh PGD-``attack_steps`` (Linf ``eps``) against the current masked network, as
+    HYDRA does.  Other deviations from the official HYDRA, for a CPU budget: Adam for
+    ``epochs`` passes (HYDRA: SGD, 20 epochs) and global instead of layer-wise top-k."""
+    if attack_steps and eps is None:
+        raise ValueError("hydra_scores: attack_steps > 0 needs eps")
     w = _weights(model)
     scores = {}
     for n, v in w.items():
         fan_in = v[0].numel()
         scores[n] = (v.abs() / v.abs().max() * math.sqrt(6 / fan_in)).clone().requires_grad_(True)
     opt = torch.optim.Adam(scores.values(), lr=lr)
-    # BatchNorm in train mode (batch statistics), as HYDRA trains its scores: with the dense
-    # network's running statistics a heavily masked network collapses and gives no signal.
-    # A copy keeps the caller's running statistics untouched.
     model = copy.deepcopy(model).train()
     for _ in range(epochs):
         for x, y in batches:
             keep = masks_from_scores({n: s.detach().abs() for n, s in scores.items()},
                                      sparsity, per_row)
+            if attack_steps:
+                hard = _masked_params(w, {n: k.to(w[n].dtype) for n, k in keep.items()})
+                x = pgd(lambda inp, p=hard: functional_call(model, p, (inp,)), x, y, eps,
+                        steps=attack_steps)
             factors = {n: keep[n].to(s.dtype) + s.abs() - s.abs().detach()
                        for n, s in scores.items()}
             loss = F.cross_entropy(functional_call(model, _masked_params(w, factors), (x,)), y)
