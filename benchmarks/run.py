@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from advlab import attacks, data, models, training
+from advlab.core import attacks, data, models, training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advlab import data, models, training
+from advlab.core import data, models, training
+from advlab.paths import repo_root
 
-ROOT = data.repo_root(__file__)
+ROOT = repo_root(__file__)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from advlab import data
+from advlab.core import data
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 needs_data = pytest.mark.skipif(not (ROOT / "data" / "fashion_mnist").exists(),
                                 reason="data/ missing: run `make data`")
@@ -72,6 +72,42 @@ def test_verify_detects_a_changed_file(tmp_path):
     (folder / "x.npy").write_bytes(b"124")
     with pytest.raises(data.DataError, match="does not match"):
         data.verify(dvc_file)
+
+
+def test_canonical_manifest_hashes_to_data_dvc():
+    """The per-file md5s `verify` uses to name a bad file are the manifest of data.dvc."""
+    import hashlib
+    import json
+
+    entries = [{"md5": v, "relpath": k} for k, v in sorted(data.CANONICAL_MD5.items())]
+    md5 = hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+    assert md5 == yaml.safe_load((ROOT / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+@needs_data
+def test_verify_names_the_corrupt_missing_and_extra_files_and_the_fix(tmp_path):
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    shutil.copy(ROOT / "data.dvc", tmp_path / "data.dvc")
+    victim = tmp_path / "data" / "mnist5k" / "test_labels.npy"
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    (tmp_path / "data" / "fashion_mnist" / "test_labels.npy").unlink()
+    (tmp_path / "data" / "stray.txt").write_text("x")
+    with pytest.raises(data.DataError) as e:
+        data.verify(tmp_path / "data.dvc")
+    msg = str(e.value)
+    assert "mnist5k/test_labels.npy is corrupt" in msg
+    assert "fashion_mnist/test_labels.npy is missing" in msg
+    assert "stray.txt is not part of the data" in msg
+    assert "make data" in msg and "data.dvc is left as it is" in msg
+
+
+@needs_data
+def test_stamps_hold_each_dataset_folder_hash(tmp_path):
+    written = data.write_stamps(ROOT / "data", tmp_path)
+    assert sorted(p.name for p in written) == ["fashion_mnist.md5", "mnist5k.md5"]
+    assert (tmp_path / "mnist5k.md5").read_text().strip() == \
+        data.dvc_dir_hash(ROOT / "data" / "mnist5k")[0]
 
 
 @needs_data

@@ -7,7 +7,7 @@ Conventions (all functions):
   * Gradients are taken w.r.t. the input only (``torch.autograd.grad``), never accumulated into
     the model's parameters.
   * The model's train/eval mode is left as the caller set it: evaluation code wraps calls in
-    ``eval_mode(model)``; training decides through a flag (see ``advlab.training``).
+    ``eval_mode(model)``; training decides through a flag (see ``advlab.core.training``).
 
 The per-norm pieces (``Linf`` / ``L2``: random start, step, projection) follow the small
 interface of MadryLab's ``robustness`` package.

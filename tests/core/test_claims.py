@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from advlab.claims import Claims, load_all
+from advlab.core.claims import Claims, load_all
 
 
 def test_verdicts_are_computed():

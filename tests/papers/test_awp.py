@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlab import models, training, weights
-from advlab.awp import AWP, awp_perturbation
+from advlab.core import models, training, weights
+from advlab.papers.awp import AWP, awp_perturbation
 
 
 def tiny_bn_net():
@@ -257,7 +257,7 @@ def test_awp_rejects_bad_setups():
 
 # --------------------------------------------------------------------------- monitoring
 def test_robust_monitor_keeps_best_by_validation(tmp_path):
-    from advlab.awp import RobustMonitor
+    from advlab.papers.awp import RobustMonitor
 
     net = tiny_bn_net()
     x, y = batch(12)
@@ -285,7 +285,7 @@ def test_robust_monitor_keeps_best_by_validation(tmp_path):
 
 
 def test_step_overhead_leaves_model_untouched():
-    from advlab.awp import step_overhead
+    from advlab.papers.awp import step_overhead
 
     net = tiny_bn_net()
     x, y = batch(16)
@@ -297,7 +297,7 @@ def test_step_overhead_leaves_model_untouched():
 
 
 def test_perturbed_model_is_attackable_and_equals_functional_forward():
-    from advlab import attacks
+    from advlab.core import attacks
 
     net = tiny_bn_net().eval()
     x, y = batch()

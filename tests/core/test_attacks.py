@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from advlab import attacks, evaluation
+from advlab.core import attacks, evaluation
 
 EPS = 0.1
 

@@ -14,6 +14,13 @@ final clipped image minus the original.
 
 Shapes: images ``x`` [B, C, H, W] in [0, 1]; labels ``y``, targets ``t`` int64 [B]; masks
 [B or 1, 1, H, W] in {0, 1}, shared by all channels.
+
+Official code: utkuozbulak/regional-adversarial-perturbation, whose attack loop this module follows
+(step 1/255, 250 steps, oracle stopping on the target).  Deviations: random regions are drawn
+from a seeded generator (the official code's Bernoulli pixels are unseeded); the models are a
+small Fashion-MNIST zoo trained here (no pretrained ImageNet models offline); every target is
+read on one batched source trajectory (equal to separate runs per pair, a test checks); and
+``fixed_budget_transfer`` adds a pure-transfer variant the paper does not run.
 """
 from __future__ import annotations
 
@@ -23,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import attacks
-from .progress import progress as progress_bar
+from ..core import attacks
+from ..core.progress import progress as progress_bar
 
 FAMILIES = ("center", "frame", "random")
 

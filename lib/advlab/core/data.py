@@ -19,11 +19,14 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..paths import repo_root
 
 FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -85,22 +88,6 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 # --------------------------------------------------------------------------- repo layout
-def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The workbook's root: the nearest ancestor holding ``params.yaml`` and ``lib/advlab``.
-
-    ``$ADVLAB_ROOT`` wins when set, so a notebook opened from ``notebooks/`` finds ``data/``.
-    """
-    if os.environ.get("ADVLAB_ROOT"):
-        return Path(os.environ["ADVLAB_ROOT"]).resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for p in (here, *here.parents):
-        if (p / "params.yaml").exists() and (p / "lib" / "advlab").is_dir():
-            return p
-    raise FileNotFoundError(
-        f"cannot find the workbook root (a folder with params.yaml and lib/advlab) above {here}; "
-        "run from inside the repository or set ADVLAB_ROOT")
-
-
 def data_dir(root: str | os.PathLike | None = None) -> Path:
     return Path(root) if root is not None else repo_root() / "data"
 
@@ -215,23 +202,77 @@ def dvc_dir_hash(path: str | os.PathLike) -> tuple[str, int, int]:
     return hashlib.md5(blob).hexdigest() + ".dir", len(entries), size
 
 
+# The canonical files' md5s, as listed in the manifest of data.dvc's folder hash (a test checks
+# that they hash to data.dvc's md5): they let `verify` name the file that is wrong.
+CANONICAL_MD5 = {
+    "fashion_mnist/test_images.npy": "4156b9580740fd6c4b4d9e769559ff1f",
+    "fashion_mnist/test_labels.npy": "e6d24ffff98bc973b3c14df1b4a56631",
+    "fashion_mnist/train_images.npy": "ae10a82bc1b876b714fcf03a1b657f7c",
+    "fashion_mnist/train_labels.npy": "2d0fed45dac68b413b0442c431eb4cd0",
+    "mnist5k/test_images.npy": "747689594c1f3dbe815776c131b1f6d8",
+    "mnist5k/test_labels.npy": "9cdb33fc33f819e0a93af65f056793b6",
+    "mnist5k/train_images.npy": "e32b7e3f08a4dac4f290e5031a9053e1",
+    "mnist5k/train_labels.npy": "12c75cd7b621e1598eafc074be10b04b",
+}
+FIX = "rebuild it with `make data` (python -m advlab data fetch --force)"
+
+
+def _diagnose(folder: Path) -> str:
+    """Which files of ``folder`` differ from the canonical manifest (missing, changed, extra)."""
+    found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    bad = [f"{folder / k} is missing" for k in sorted(CANONICAL_MD5) if k not in found]
+    bad += [f"{found[k]} is corrupt (md5 {_md5(found[k])}, expected {v})"
+            for k, v in sorted(CANONICAL_MD5.items()) if k in found and _md5(found[k]) != v]
+    bad += [f"{found[k]} is not part of the data" for k in sorted(found) if k not in CANONICAL_MD5]
+    return "; ".join(bad) or "a file differs from the canonical manifest"
+
+
 def verify(dvc_file: str | os.PathLike, folder: str | os.PathLike | None = None) -> str:
-    """Check ``folder`` against the hash recorded in ``dvc_file``; raise ``DataError`` if not."""
+    """Check ``folder`` against the hash recorded in ``dvc_file``; raise ``DataError`` naming
+    the wrong file(s) and the fix if not.  Returns the folder's md5."""
     import yaml
 
     dvc_file = Path(dvc_file)
     spec = yaml.safe_load(dvc_file.read_text())["outs"][0]
     folder = Path(folder) if folder else dvc_file.parent / spec["path"]
     if not folder.exists():
-        raise DataError(f"{folder} is missing: run `make data` (python -m advlab.data fetch)")
+        raise DataError(f"{folder} is missing: run `make data` (python -m advlab data fetch)")
     md5, nfiles, size = dvc_dir_hash(folder)
     if md5 != spec["md5"]:
         raise DataError(
-            f"{folder} does not match {dvc_file}: expected {spec['md5']} ({spec.get('nfiles')} "
-            f"files, {spec.get('size')} bytes), found {md5} ({nfiles} files, {size} bytes). "
-            "A file is corrupt, missing or extra: rebuild it with "
-            "`python -m advlab.data fetch --force`")
+            f"{folder} does not match {dvc_file} (expected {spec['md5']}, found {md5}): "
+            f"{_diagnose(folder)}. {FIX}. data.dvc is left as it is.")
     return md5
+
+
+def write_stamps(folder: Path, stamps: Path, names=None) -> list[Path]:
+    """After a successful ``verify``: one file per dataset, ``<stamps>/<name>.md5``, holding
+    its folder hash.  The pipeline's stages depend on these, not on data/ itself, so DVC never
+    'verifies' data.dvc on its own (which would rewrite data.dvc from corrupt data)."""
+    stamps.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names or sorted({k.split("/")[0] for k in CANONICAL_MD5}):
+        path = stamps / f"{name}.md5"
+        path.write_text(dvc_dir_hash(folder / name)[0] + "\n")
+        written.append(path)
+    return written
+
+
+def store_in_dvc_cache(dvc_file: Path) -> None:
+    """Put the verified data/ into DVC's cache (``dvc commit``), so experiments that run in a
+    copy of the repository (``dvc exp run --temp``, ``--queue``) can check it out there.
+    Raises ``DataError`` if DVC would change ``dvc_file`` (it never should after verify)."""
+    import subprocess
+    import sys
+
+    before = dvc_file.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet",
+                        dvc_file.name], cwd=dvc_file.parent, capture_output=True, text=True)
+    if dvc_file.read_bytes() != before:
+        dvc_file.write_bytes(before)
+        raise DataError(f"dvc commit tried to change {dvc_file}; restored it. {FIX}")
+    if r.returncode:
+        raise DataError(f"dvc commit {dvc_file.name} failed: {r.stderr.strip()[-500:]}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -267,17 +308,17 @@ def load_arrays(name: str, split: str, root: str | os.PathLike | None = None):
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise DataError(f"{name}: {missing} not found in {folder}; run `make data` "
-                        "(python -m advlab.data fetch) first")
+                        "(python -m advlab data fetch) first")
     try:
         x = np.load(paths[0], allow_pickle=False)
         y = np.load(paths[1], allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(f"{name}: {folder} is corrupt ({e}); rebuild it with "
-                        "`python -m advlab.data fetch --force`") from e
+                        "`make data` (python -m advlab data fetch --force)") from e
     expected = info.sizes.get(split)
     if x.shape[0] != y.shape[0] or (expected and x.shape[0] != expected) or y.max() >= info.num_classes:
         raise DataError(f"{name}/{split}: unexpected shapes {x.shape}, {y.shape} (expected "
-                        f"{expected} images); rebuild with `python -m advlab.data fetch --force`")
+                        f"{expected} images); rebuild with `make data` (python -m advlab data fetch --force)")
     return x, y
 
 
@@ -346,24 +387,33 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = F
 def main(argv=None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m advlab.data",
-                                 description="Build data/ and verify it against data.dvc")
+    ap = argparse.ArgumentParser(prog="python -m advlab data",
+                                 description="Build data/, check it against data.dvc, cache it")
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="build the canonical dataset files")
     f.add_argument("--force", action="store_true", help="rebuild even if present")
     f.add_argument("--root", default=None)
-    v = sub.add_parser("verify", help="check data/ against data.dvc")
+    v = sub.add_parser("verify", help="check data/ against data.dvc (never changes data.dvc)")
     v.add_argument("--dvc-file", default=None)
+    v.add_argument("--stamps", default=None, help="also write <DIR>/<dataset>.md5 (the pipeline)")
+    c = sub.add_parser("cache", help="verify, then store data/ in DVC's cache (experiments)")
+    c.add_argument("--dvc-file", default=None)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "fetch":
             for k, src in fetch(force=args.force, root=args.root).items():
                 print(f"{k}: {src}")
-        else:
-            dvc_file = args.dvc_file or repo_root() / "data.dvc"
-            print(f"data/ matches {dvc_file}: {verify(dvc_file)}")
+            return 0
+        dvc_file = Path(args.dvc_file or repo_root() / "data.dvc")
+        md5 = verify(dvc_file)
+        print(f"data/ matches {dvc_file.name}: {md5}")
+        if args.cmd == "verify" and args.stamps:
+            write_stamps(dvc_file.parent / "data", Path(args.stamps))
+        if args.cmd == "cache":
+            store_in_dvc_cache(dvc_file)
+            print("data/ is in DVC's cache (experiments in copies can check it out)")
     except DataError as e:
-        print(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from advlab import pruning, training
+from advlab.core import pruning, training
 
 
 def toy_scores(seed=0):
@@ -148,13 +148,13 @@ def test_sparsity_explorer_builds_and_prunes_a_copy():
     import matplotlib
 
     matplotlib.use("Agg")
-    from advlab import mad, widgets
+    from advlab.papers import mad
 
     m = bn_model().eval()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(20, 1, 8, 8, generator=g), torch.randint(0, 3, (20,), generator=g)
-    w = widgets.sparsity_explorer(m, {"magnitude": mad.magnitude_scores(m)}, x, y, 0.1,
+    w = mad.sparsity_explorer(m, {"magnitude": mad.magnitude_scores(m)}, x, y, 0.1,
                                   per_row=("6",), bn_data=x, display=False)
     assert [c.description for c in w.children[:2]] == ["method", "sparsity"]
     w.children[1].value = 0.5  # re-renders: prunes a copy, recalibrates its BN

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .progress import progress as progress_bar
-from .training import load_checkpoint, save_checkpoint
+from ..core.progress import progress as progress_bar
+from ..core.training import load_checkpoint, save_checkpoint
 
 RULES = ("rec", "lik", "combined")
 
@@ -540,14 +540,6 @@ def itsr_diagnostics(res: ITSRResult, is_anomaly) -> dict:
         out[f"err_normal_{phase}"] = float(e[~is_anomaly].mean())
         out[f"err_anomaly_{phase}"] = float(e[is_anomaly].mean()) if k else float("nan")
     return out
-
-
-def source_digest() -> str:
-    """A short hash of this module's source: part of the training checkpoints' cache key, so a
-    changed implementation never resumes from a stale checkpoint."""
-    import hashlib
-
-    return hashlib.sha1(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def error_ratio(errors, is_anomaly) -> float:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from advlab import evaluation
+from advlab.core import evaluation
 
 
 class Lookup(nn.Module):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from advlab import aae
+from advlab.papers import aae_anomaly as aae
 
 
 @pytest.fixture(autouse=True)

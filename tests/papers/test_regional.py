@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from advlab import regional
+from advlab.papers import regional
 
 
 def _model(seed, hidden=32):

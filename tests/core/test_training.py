@@ -3,7 +3,7 @@ interrupted run resumes to exactly the weights of an uninterrupted one."""
 import pytest
 import torch
 
-from advlab import evaluation, models, training
+from advlab.core import evaluation, models, training
 
 
 def small_run(fmnist, method="pgd_at", epochs=2, **kw):

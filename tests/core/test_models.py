@@ -3,7 +3,7 @@ behaves correctly in train vs eval mode."""
 import pytest
 import torch
 
-from advlab import models
+from advlab.core import models
 
 SMALL = {"wide_resnet": {"depth": 10, "widen": 1}, "preact_resnet18": {"width": 8}}
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlab import mad, pruning
+from advlab.core import pruning
+from advlab.papers import mad
 
 
 def logreg(seed=0, d=5, k=3):

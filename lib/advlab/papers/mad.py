@@ -24,6 +24,12 @@ MAD's saliency of weight (i, j) of layer l, per batch (the official ``compute_sa
 and the scores are averaged over batches.  The K-FAC scaling conventions (patches divided by
 the spatial size, gradients multiplied back by the batch size and the spatial size) decide how
 layers compare in the global ranking, so they follow the official code exactly.
+
+Official code: ByungKwanLee/Masking-Adversarial-Damage (``compute_saliency.py``, the pruning script),
+followed for the mask step, the K-FAC conventions and the ranking.  Deviations: one shared set
+of adversarial examples for every criterion; biases are not pruned; ties in the ranking are
+broken in a seeded random order; HYDRA-style scores (``hydra_scores``) are a short-budget
+stand-in for the official HYDRA (Adam over the shared set with fresh PGD, global ranking).
 """
 from __future__ import annotations
 
@@ -35,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .attacks import eval_mode, pgd
-from .pruning import masks_from_scores, prunable_layers
+from ..core.attacks import eval_mode, pgd
+from ..core.pruning import masks_from_scores, prunable_layers
 
 SOFTPLUS_INV_1 = math.log(math.e - 1)        # softplus(m) = 1   (mask fully on)
 SOFTPLUS_INV_MIN = math.log(math.expm1(1e-4))  # softplus(m) = 1e-4 (mask's lower bound)
@@ -303,3 +309,46 @@ first) is ``-mad``; 'hydra' additionally needs the target sparsity.  Two diagnos
 methods of the paper, separate MAD's two ingredients: 'mad_diagonal' (the mask step's Delta,
 scored by ``diagonal_saliency``) and 'kfac_obd' (Delta = w, ``diagonal_saliency``: Optimal
 Brain Damage with the same K-FAC curvature)."""
+
+
+# --------------------------------------------------------------------------- explorer
+
+def sparsity_explorer(model, scores: dict, x, y, eps: float, per_row=(), steps: int = 10,
+                      bn_data=None, display: bool = True):
+    """A sparsity slider and a criterion picker: prunes a copy of ``model`` with that
+    criterion's ``scores`` ({method: {layer: scores}}) and shows its clean and PGD accuracy on
+    (x, y) next to the kept fraction of every prunable layer.  ``bn_data``: images on which to
+    re-estimate BatchNorm statistics after pruning (``pruning.recalibrate_batchnorm``).
+
+    Returns the ``ipywidgets.interactive`` object (``display=False`` only builds it)."""
+    import copy
+
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    from ..core import evaluation, pruning
+
+    def show(method, sparsity=0.9):
+        masks = pruning.masks_from_scores(scores[method], sparsity, per_row)
+        pruned = pruning.apply_masks(copy.deepcopy(model), masks)
+        if bn_data is not None:
+            pruning.recalibrate_batchnorm(pruned, bn_data)
+        clean = evaluation.accuracy(pruned, x, y)
+        rob = evaluation.robust_accuracy(pruned, x, y, "pgd", eps, steps=steps, early_stop=True)
+        kept = pruning.kept_per_layer(masks)
+        fig, ax = plt.subplots(figsize=(7, 2.8))
+        ax.bar(range(len(kept)), list(kept.values()), color="tab:blue")
+        ax.set_xticks(range(len(kept)), list(kept), rotation=30, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("kept fraction")
+        ax.set_title(f"{method} at {sparsity:.0%} sparsity: clean {clean:.1%}, "
+                     f"PGD-{steps} {rob:.1%} ({len(x)} images)", fontsize=10)
+        plt.show()
+
+    w = W.interactive(show, method=W.Dropdown(options=list(scores)),
+                      sparsity=W.FloatSlider(value=0.9, min=0.0, max=0.995, step=0.005,
+                                             readout_format=".3f"))
+    if display:
+        from IPython.display import display as ipy_display
+        ipy_display(w)
+    return w

@@ -9,7 +9,7 @@ tensor ``w_l``
 
     v_l = gamma * ||w_l|| * g_l / ||g_l||,     g_l = grad_{w_l} L_B(w)   (L_B on the batch x').
 
-Per mini-batch, around ``advlab.training.fit``'s update::
+Per mini-batch, around ``advlab.core.training.fit``'s update::
 
     before_update:  v = awp_perturbation(...)  on a proxy copy (BN buffers of the model untouched)
                     w <- w + v
@@ -18,6 +18,13 @@ Per mini-batch, around ``advlab.training.fit``'s update::
 
 The adversarial inputs x' are crafted at the unperturbed w (``fit`` makes them before the hook
 runs), as in the official code.
+
+Official code: csdongxian/AWP (AT-AWP and TRADES-AWP), whose one-step normalised ascent,
+layer set (conv / linear weights, no biases or BatchNorm) and update order this module follows.
+Deviations: the ascent runs on a proxy copy so the model's BatchNorm buffers are untouched by
+it (the official code perturbs a proxy too, but crafts x' in train mode: here the BN mode
+while crafting is a parameter, eval by default); the step-overhead measurement
+(``step_overhead``) and the robust monitor (``RobustMonitor``) are ours.
 """
 from __future__ import annotations
 
@@ -27,8 +34,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .training import TrainingHook, save_checkpoint
-from .weights import layer_tensors, robust_loss
+from ..core.training import TrainingHook, save_checkpoint
+from ..core.weights import layer_tensors, robust_loss
 
 
 def awp_perturbation(proxy: nn.Module, names: list[str], gamma: float, loss) -> dict:
@@ -189,3 +196,41 @@ def step_overhead(model: nn.Module, method, x: torch.Tensor, y: torch.Tensor,
             times[use_awp].append(time.perf_counter() - t0)
     at_s, awp_s = min(times[False]), min(times[True])
     return {"at_s": at_s, "awp_s": awp_s, "overhead": awp_s / at_s - 1}
+
+
+# --------------------------------------------------------------------------- explorer
+def landscape_explorer(models: dict, x, y, eps: float, colors: dict | None = None,
+                       steps: int = 5, display: bool = True):
+    """Sliders that redraw the 1-D weight-loss landscape of each model in ``models``
+    ({name: model}) along a filter-normalised random direction (``direction_seed``), over
+    alpha in [-alpha_max, alpha_max], on (x, y): the clean loss, or the robust loss with
+    PGD-``steps`` re-crafted at every alpha when ``robust`` is ticked.
+
+    Returns the ``ipywidgets.interactive`` object (``display=False`` only builds it)."""
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..core.weights import filter_normalized_direction, weight_loss_landscape
+
+    def show(direction_seed=0, alpha_max=1.0, robust=False):
+        alphas = np.linspace(-alpha_max, alpha_max, 9)
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for name, model in models.items():
+            d = filter_normalized_direction(
+                model, generator=torch.Generator().manual_seed(direction_seed))
+            c = weight_loss_landscape(model, x, y, d, alphas, eps if robust else 0.0, steps=steps)
+            ax.plot(c["alpha"], c["loss"], marker="o", label=name,
+                    color=(colors or {}).get(name))
+        ax.set_xlabel("alpha (step along the direction, relative to each filter's norm)")
+        ax.set_ylabel(f"robust loss (PGD-{steps})" if robust else "clean loss")
+        ax.legend()
+        plt.show()
+
+    w = W.interactive(show, direction_seed=W.IntSlider(0, 0, 20),
+                      alpha_max=W.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1),
+                      robust=W.Checkbox(False))
+    if display:
+        from IPython.display import display as ipy_display
+        ipy_display(w)
+    return w

@@ -1,0 +1,1 @@
+"""papers layer of advlab: see the package docstring (advlab/__init__.py)."""
