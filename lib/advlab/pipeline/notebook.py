@@ -1,15 +1,24 @@
-"""What every notebook does first and last: collect its parameters, seed, pick the device,
-make its output folder, save metrics and figures, and record the environment.
+"""What every notebook does first and last, in one call each::
 
-    run = advlab.notebook.setup("00_baselines", globals())
+    from advlab.pipeline import notebook
+    run = notebook.setup("02_awp", globals(), threads=1)   # check knobs, seed, device, threads
+    model = run.make_model(arch, seed, **model_kwargs)      # registry model on run.device
+    ckpt = run.work_checkpoint("at-s0", config, code=[awp]) # resumable, keyed by config + code
+    notebook.show_source(awp.awp_perturbation)              # the method where the lesson teaches it
     ...
     run.savefig(fig, "training_curves")
-    run.save_metrics({"clean_acc": 0.91})
+    run.save_claims(claims)                                 # results/<stage>/claims.json
+    run.save_metrics(metrics)                               # headline + details (see save_metrics)
+
+Under the pipeline (``tools/advlab run STAGE``) a run writes ``outputs/<stage>/`` and
+``results/<stage>/``; a notebook opened by hand writes both into ``scratch/<stage>/``.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,9 +27,12 @@ from pathlib import Path
 
 import torch
 
+from ..paths import repo_root
 from . import params as params_mod
-from .data import repo_root
-from .training import seed_everything
+
+# The shared building blocks every training depends on: a work checkpoint's key always hashes
+# their source, plus the modules a notebook names in ``code=``.
+CORE_CODE = ("data", "models", "attacks", "training")
 
 
 def environment() -> dict:
@@ -40,15 +52,22 @@ def environment() -> dict:
 
 @dataclass
 class Run:
-    """One notebook run: its params, output folder and device."""
+    """One notebook run: its params, output folders and device."""
 
     stage: str
     params: dict
     root: Path
     out_dir: Path
     device: torch.device
+    results_dir: Path | None = None
     started: float = field(default_factory=time.perf_counter)
     metrics: dict = field(default_factory=dict)
+    claims: object = None
+
+    def __post_init__(self):
+        self.results_dir = Path(self.results_dir or self.out_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.load_at_start = _load()
 
     @property
     def fig_dir(self) -> Path:
@@ -60,6 +79,13 @@ class Run:
     def data_dir(self) -> Path:
         return self.root / "data"
 
+    @property
+    def info(self):
+        """The dataset's ``DatasetInfo`` (class names, shape, default budgets)."""
+        from ..core.data import dataset_info
+
+        return dataset_info(self.params["dataset"])
+
     def stage_dir(self, stage: str) -> Path:
         """Output folder of another stage (e.g. the baselines' checkpoints)."""
         return self.root / "outputs" / stage
@@ -70,17 +96,30 @@ class Run:
         fig.savefig(path, dpi=110, bbox_inches="tight")
         return path
 
-    def work_checkpoint(self, name: str, config: dict) -> Path:
+    def make_model(self, arch: str, seed: int | None = None, **model_kwargs):
+        """A fresh registry model for this run's dataset, initialised from ``seed`` (default:
+        the run's seed), on the run's device.  An architecture that takes ``image_size``
+        gets the dataset's."""
+        from ..core.models import MODELS, create_model
+
+        info = self.info
+        if "image_size" in inspect.signature(MODELS[arch]).parameters:
+            model_kwargs.setdefault("image_size", info.shape[1])
+        torch.manual_seed(self.params["seed"] if seed is None else seed)
+        return create_model(arch, info.num_classes, info.shape[0], **model_kwargs).to(self.device)
+
+    def work_checkpoint(self, name: str, config: dict, code=()) -> Path:
         """Per-epoch checkpoint of an in-progress training, for resuming after interruption.
 
         It lives in ``.advlab_cache/<stage>/`` (DVC deletes a stage's outputs before re-running
-        it) under a key made of ``config``, the seed and the library's source, so an
-        interrupted run resumes and a changed one starts afresh.
+        it) under a key made of ``config``, the seed, the dataset and the source of the code the
+        training runs: the core modules (``CORE_CODE``) and the modules or functions in
+        ``code`` (e.g. the paper's module).  An interrupted run resumes; a changed
+        configuration or changed code starts afresh.
         """
-        src = "".join((Path(__file__).parent / f).read_text()
-                      for f in ("data.py", "models.py", "attacks.py", "training.py"))
         key = json.dumps({"config": config, "seed": self.params["seed"],
-                          "dataset": self.params["dataset"]}, sort_keys=True, default=str) + src
+                          "dataset": self.params["dataset"]}, sort_keys=True, default=str)
+        key += code_digest(code)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         path = self.root / ".advlab_cache" / self.stage / f"{name}-{digest}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +127,9 @@ class Run:
 
     def save_model(self, name: str, model, meta: dict) -> Path:
         """Save a final model to ``checkpoints/<name>.pt`` with its metadata (arch, dataset,
-        params, epoch, metrics); load it with ``training.load_checkpoint``."""
-        from .training import save_checkpoint
+        params, epoch, metrics); load it with ``Run.load_model`` or
+        ``core.training.load_checkpoint``."""
+        from ..core.training import save_checkpoint
 
         path = self.out_dir / "checkpoints" / f"{name}.pt"
         save_checkpoint(path, model, {"stage": self.stage, "dataset": self.params["dataset"],
@@ -100,15 +140,15 @@ class Run:
         """The model saved by ``save_model`` as ``outputs/<stage>/checkpoints/<name>.pt``,
         rebuilt from its metadata (arch, classes, channels, kwargs), on this run's device, in
         eval mode.  Returns (model, meta).  A missing checkpoint says which stage to run."""
-        from .models import create_model
-        from .training import load_checkpoint
+        from ..core.models import create_model
+        from ..core.training import load_checkpoint
 
         path = self.stage_dir(stage) / "checkpoints" / f"{name}.pt"
         if not path.exists():
             have = sorted(p.stem for p in path.parent.glob("*.pt"))
             raise FileNotFoundError(
                 f"checkpoint {path} not found (available: {have or 'none'}); run that stage "
-                f"first: `dvc repro {stage}` or `python -m advlab.run {stage}`")
+                f"first: `dvc repro {stage}` or `python -m advlab run {stage}`")
         blob = load_checkpoint(path)
         meta = blob["meta"]
         model = create_model(meta["arch"], meta.get("num_classes", 10),
@@ -116,18 +156,74 @@ class Run:
         model.load_state_dict(blob["model"])
         return model.to(self.device).eval(), meta
 
-    def save_metrics(self, metrics: dict | None = None) -> Path:
-        """Merge ``metrics`` into metrics.json (numbers only, for ``dvc metrics``) and write
-        run.json beside it with the params, library versions, device and elapsed time."""
+    def save_claims(self, claims) -> Path:
+        """Write the verdicts to ``results/<stage>/claims.json`` (git-tracked: diffable across
+        commits); their measured numbers become the stage's headline metrics."""
+        self.claims = claims
+        return claims.save(self.results_dir)
+
+    def save_metrics(self, metrics: dict | None = None, headline=()) -> Path:
+        """Merge ``metrics`` into the run's numbers and write them in two places.
+
+        - ``outputs/<stage>/details.json``: every number (diagnostics included), and
+          ``run.json``: params, library versions, device, elapsed time, machine load.
+        - ``results/<stage>/metrics.json``: the few headline numbers ``dvc metrics show`` and
+          ``dvc exp show`` compare: each claim's measured value (``claim.<id>``), how many
+          claims hold, the keys named in ``headline``, the wall time and the load.
+        """
         self.metrics.update(metrics or {})
         elapsed = round(time.perf_counter() - self.started, 1)
-        path = self.out_dir / "metrics.json"
-        path.write_text(json.dumps({**self.metrics, "elapsed_seconds": elapsed}, indent=2,
+        load = {"load_1m_start": self.load_at_start, "load_1m_end": _load()}
+        (self.out_dir / "details.json").write_text(json.dumps(
+            {**self.metrics, "elapsed_seconds": elapsed}, indent=2, default=float))
+        head = {k: self.metrics[k] for k in headline}
+        if self.claims is not None:
+            head.update({f"claim.{c.id}": c.measured for c in self.claims.items})
+            head["claims_hold"] = self.claims.summary["holds"]
+            head["claims_total"] = self.claims.summary["n"]
+        path = self.results_dir / "metrics.json"
+        path.write_text(json.dumps({**head, "elapsed_seconds": elapsed, **load}, indent=2,
                                    default=float))
         (self.out_dir / "run.json").write_text(json.dumps(
             {"stage": self.stage, "params": self.params, "environment": environment(),
-             "device": str(self.device), "elapsed_seconds": elapsed}, indent=2, default=str))
+             "device": str(self.device), "elapsed_seconds": elapsed, **load}, indent=2,
+            default=str))
         return path
+
+
+def _load() -> float | None:
+    """The 1-minute load average (a timing is only worth quoting on an idle machine)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
+def code_digest(code=()) -> str:
+    """sha1 of the source of the core modules (``CORE_CODE``) and of every module, class or
+    function in ``code``: part of a work checkpoint's key."""
+    import importlib
+
+    objs = [importlib.import_module(f"advlab.core.{m}") for m in CORE_CODE] + list(code)
+    h = hashlib.sha1()
+    for o in objs:
+        h.update(inspect.getsource(o).encode())
+    return h.hexdigest()
+
+
+def show_source(*objs, title: str | None = None):
+    """Display the source of library functions, classes or methods as highlighted code, so a
+    notebook shows its method's real code where the lesson teaches it (and the code a student
+    reads is the code that ran).  Returns the source text."""
+    text = "\n\n".join(inspect.getsource(o).rstrip() for o in objs)
+    try:
+        from IPython.display import Markdown, display
+
+        head = f"**{title}**\n\n" if title else ""
+        display(Markdown(f"{head}```python\n{text}\n```"))
+    except ImportError:  # pragma: no cover - outside IPython
+        print(text)
+    return text
 
 
 def pick_device(name: str) -> torch.device:
@@ -139,12 +235,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup(stage: str, namespace: dict) -> Run:
-    """Collect the parameters of ``stage`` from ``namespace`` (the notebook's globals), validate
-    them, seed everything and create the output folder.
+def set_threads(threads: int | None) -> int:
+    """Pin torch's CPU threads: ``threads`` if given, else at most the machine's cores.
+    Returns the number in force."""
+    n = threads or min(torch.get_num_threads(), os.cpu_count() or 1)
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
 
-    ``out_dir=None`` (a notebook opened by hand) writes to ``scratch/<stage>/`` so the
-    pipeline's ``outputs/`` stay untouched; the runner passes ``outputs/<stage>``.
+
+def setup(stage: str, namespace: dict, threads: int | None = None) -> Run:
+    """Collect the parameters of ``stage`` from ``namespace`` (the notebook's globals), check
+    them against the stage's knob declarations, seed everything, pick the device, pin the CPU
+    threads and create the output folders.
+
+    ``threads``: CPU threads for this notebook (None: all cores, at most 2 here); ignored on
+    a GPU.  ``out_dir=None`` (a notebook opened by hand) writes to ``scratch/<stage>/`` so the
+    pipeline's ``outputs/`` and ``results/`` stay untouched; the runner passes
+    ``outputs/<stage>`` and ``$ADVLAB_RESULTS_DIR``.
     """
     root = repo_root()
     keys = params_mod.notebook_keys(stage, root)
@@ -157,7 +264,13 @@ def setup(stage: str, namespace: dict) -> Run:
     if not out_dir.is_absolute():
         out_dir = root / out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = os.environ.get("ADVLAB_RESULTS_DIR") if out else None
+    from ..core.training import seed_everything
+
     seed_everything(int(p["seed"]))
+    device = pick_device(p["device"])
+    if device.type == "cpu":
+        set_threads(threads)
     try:
         import matplotlib.pyplot as plt
         import seaborn as sns
@@ -166,4 +279,7 @@ def setup(stage: str, namespace: dict) -> Run:
         plt.rcParams["figure.dpi"] = 90
     except ImportError:  # plotting is optional for library users
         pass
-    return Run(stage, p, root, out_dir, pick_device(p["device"]))
+    run = Run(stage, p, root, out_dir, device, Path(results) if results else None)
+    print(f"{stage}: profile={p['profile']}  device={device}  threads={torch.get_num_threads()}"
+          f"  outputs -> {out_dir}")
+    return run

@@ -1,26 +1,42 @@
-"""Parameters: ``params.yaml`` (``common`` + one section per notebook) + a profile overlay.
+"""Parameters: ``params.yaml`` (``common`` + one section per stage) + a profile overlay.
+
+A stage is named ``NN_slug`` (the number orders the pipeline); its section in ``params.yaml``
+and in the profiles is the slug alone (``00_baselines`` -> ``baselines``), so every knob can be
+set the DVC way: ``dvc exp run -S baselines.eps=0.2`` (DVC parses ``-S`` with Hydra's grammar,
+which rejects keys starting with a digit).
 
 ``resolve("00_baselines", "smoke")`` returns the flat dict a notebook runs with::
 
-    common  <-  params.yaml[stage]  <-  profiles/smoke.yaml[common]  <-  profiles/smoke.yaml[stage]
+    common  <-  params.yaml[slug]  <-  profiles/smoke.yaml[common]  <-  profiles/smoke.yaml[slug]
 
-The ``default`` profile is params.yaml itself (no overlay).  Every value is validated: unknown
-keys, unknown dataset / model names and out-of-range epsilons fail fast with a message naming
-the key and the allowed values.
+The ``default`` profile is params.yaml itself (no overlay).  Every value is checked against
+the knob declarations in ``advlab/pipeline/knobs/<slug>.py`` (type, range or choices) before any
+work: unknown keys, wrong types and out-of-range values fail with a message naming the key and
+what is allowed.
 """
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 
 import yaml
 
-from .data import DATASETS, repo_root
+from ..paths import repo_root
+from .schema import ParamsError, check
 
 PROFILES = ("default", "smoke", "paper")
+STAGE_RE = re.compile(r"^(\d\d)_([a-z][a-z0-9_]*)$")
+
+__all__ = ["PROFILES", "ParamsError", "section_of", "load", "stages", "knobs", "resolve",
+           "validate", "notebook_keys", "repo_root"]
 
 
-class ParamsError(ValueError):
-    """A bad parameter: the message names the key and what is allowed."""
+def section_of(stage: str) -> str:
+    """The params section of a stage: ``"00_baselines"`` -> ``"baselines"``.  A name without
+    the ``NN_`` prefix is its own section (used by tests' throwaway stages)."""
+    m = STAGE_RE.match(stage)
+    return m.group(2) if m else stage
 
 
 def _read_yaml(path: Path) -> dict:
@@ -38,77 +54,57 @@ def load(root=None) -> dict:
 
 
 def stages(root=None) -> list[str]:
-    return [k for k in load(root) if k != "common"]
+    """Every stage, in pipeline order: the notebooks ``notebooks/NN_slug.ipynb``."""
+    root = Path(root or repo_root())
+    return sorted(p.stem for p in (root / "notebooks").glob("*.ipynb") if STAGE_RE.match(p.stem))
+
+
+def knobs(stage: str) -> dict:
+    """The knob declarations of ``stage``: ``common``'s, updated with its section's.  A stage
+    without a declaration module (a test's throwaway notebook) gets ``None``: unchecked."""
+    common = importlib.import_module(".knobs.common", __package__).KNOBS
+    try:
+        own = importlib.import_module(f".knobs.{section_of(stage)}", __package__).KNOBS
+    except ModuleNotFoundError:
+        return None
+    return {**common, **own}
 
 
 def resolve(stage: str, profile: str | None = None, root=None) -> dict:
-    """Merged, validated params of ``stage`` under ``profile`` (default: params' own)."""
+    """Merged, checked params of ``stage`` under ``profile`` (default: params.yaml's own)."""
     root = Path(root or repo_root())
     base = load(root)
+    section = section_of(stage)
     if "common" not in base:
         raise ParamsError("params.yaml has no 'common' section")
-    if stage not in base:
-        raise ParamsError(f"params.yaml has no section {stage!r}; sections: "
-                          f"{sorted(k for k in base if k != 'common')}")
-    merged = {**base["common"], **(base[stage] or {})}
+    if section not in base:
+        raise ParamsError(f"params.yaml has no section {section!r} (for stage {stage}); "
+                          f"sections: {sorted(k for k in base if k != 'common')}")
+    merged = {**base["common"], **(base[section] or {})}
     profile = profile or merged.get("profile", "default")
     if profile not in PROFILES:
         raise ParamsError(f"profile: unknown profile {profile!r}; allowed: {list(PROFILES)}")
     if profile != "default":
         overlay = _read_yaml(root / "profiles" / f"{profile}.yaml")
-        for section in ("common", stage):
-            for k, v in (overlay.get(section) or {}).items():
+        for sec in ("common", section):
+            for k, v in (overlay.get(sec) or {}).items():
                 if k not in merged:
-                    raise ParamsError(f"profiles/{profile}.yaml: {section}.{k} is not a "
+                    raise ParamsError(f"profiles/{profile}.yaml: {sec}.{k} is not a "
                                       f"parameter of {stage}; known: {sorted(merged)}")
                 merged[k] = v
     merged["profile"] = profile
-    validate(merged, stage)
-    return merged
+    return validate(merged, stage)
 
 
-def _models():
-    from .models import MODELS
-    return MODELS
-
-
-def validate(p: dict, stage: str = "") -> dict:
-    """Check values by key name; raise ``ParamsError`` naming the key and the allowed values."""
-    where = f"{stage}." if stage else ""
-    for k, v in p.items():
-        if k == "dataset" or k.endswith("_dataset"):
-            if v not in DATASETS:
-                raise ParamsError(f"{where}{k}: unknown dataset {v!r}; allowed: {sorted(DATASETS)}")
-        elif k == "arch" or k.endswith("_arch"):
-            archs = v if isinstance(v, list) else [v]
-            optional = k != "arch"  # e.g. deep_arch: null skips that model
-            bad = [a for a in archs if not (optional and a is None) and a not in _models()]
-            if bad:
-                raise ParamsError(f"{where}{k}: unknown model {bad}; allowed: {sorted(_models())}")
-        elif k == "eps" or k.startswith("eps_") or k.endswith("_eps"):
-            vals = v if isinstance(v, list) else [v]
-            if not all(isinstance(e, (int, float)) and 0 <= e <= 1 for e in vals):
-                raise ParamsError(f"{where}{k}: eps must be a number in [0, 1] "
-                                  f"(pixels in [0, 1]); got {v!r}")
-        elif k.endswith("sparsity") or k.endswith("sparsities"):
-            vals = v if isinstance(v, list) else [v]
-            if not all(isinstance(e, (int, float)) and not isinstance(e, bool) and 0 <= e < 1
-                       for e in vals):
-                raise ParamsError(f"{where}{k}: a sparsity is the fraction of prunable weights "
-                                  f"removed, a number in [0, 1); got {v!r}")
-        elif k == "device":
-            if v not in ("auto", "cpu", "cuda"):
-                raise ParamsError(f"{where}{k}: {v!r}; allowed: ['auto', 'cpu', 'cuda']")
-        elif k == "seed" or k.endswith("epochs") or k.endswith("steps") or \
-                k.endswith("restarts") or k.endswith("batch_size") or k.startswith("n_"):
-            vals = v if isinstance(v, list) else [v]
-            if not all(e is None or (isinstance(e, int) and not isinstance(e, bool) and e >= 0)
-                       for e in vals):
-                raise ParamsError(f"{where}{k}: must be a non-negative integer; got {v!r}")
-    return p
+def validate(p: dict, stage: str) -> dict:
+    """Check ``p`` against the stage's knob declarations (see ``advlab.pipeline.schema``)."""
+    declared = knobs(stage)
+    if declared is None:
+        return p
+    return check(p, declared, where=f"{section_of(stage)}.")
 
 
 def notebook_keys(stage: str, root=None) -> list[str]:
     """The parameter names a notebook's ``parameters`` cell must define."""
     base = load(root)
-    return sorted({*base["common"], *(base.get(stage) or {})})
+    return sorted({*base["common"], *(base.get(section_of(stage)) or {})})

@@ -1,9 +1,12 @@
-"""The pipeline runner: ``python -m advlab.run STAGE [--profile smoke]``.
+"""The pipeline runner: ``python -m advlab run STAGE [--profile smoke]`` (DVC calls it as
+``bash tools/advlab run STAGE``).
 
 Merges ``params.yaml`` (``common`` + the stage's section) with the active profile overlay,
-executes ``notebooks/STAGE.ipynb`` with papermill into ``outputs/STAGE/STAGE.ipynb``, renders
-``STAGE.html`` beside it, and exits non-zero naming the failing cell when the notebook fails.
-The profile comes from ``--profile``, else ``$ADVLAB_PROFILE``, else ``common.profile``.
+checks every knob, executes ``notebooks/STAGE.ipynb`` with papermill into
+``outputs/STAGE/STAGE.ipynb``, renders ``STAGE.html`` beside it, and exits non-zero naming the
+failing cell when the notebook fails.  The notebook writes its verdicts and headline metrics to
+``results/STAGE/``.  The profile comes from ``--profile``, else ``$ADVLAB_PROFILE``, else
+``common.profile``.
 """
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..paths import repo_root
 from . import params as params_mod
-from .data import repo_root
 
 
 def _kernel_name() -> str:
@@ -39,7 +42,8 @@ def render_html(ipynb: Path) -> Path:
 
 
 def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike | None = None,
-            html: bool = True, root=None, log_output: bool = True) -> Path:
+            html: bool = True, root=None, log_output: bool = True,
+            results_dir: str | os.PathLike | None = None) -> Path:
     """Execute one stage's notebook; return the executed notebook's path.
 
     Raises ``StageFailed`` (with the cell) if a cell raises.
@@ -56,9 +60,12 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{stage}.ipynb"
     p["out_dir"] = str(out_dir)
+    results_dir = Path(results_dir) if results_dir else \
+        (root / "results" / stage if out_dir == root / "outputs" / stage else out_dir)
     env_root = os.environ.get("ADVLAB_ROOT")
     os.environ["ADVLAB_ROOT"] = str(root)
-    os.environ.setdefault("ADVLAB_PROGRESS", "text")  # the kernel inherits it
+    os.environ["ADVLAB_RESULTS_DIR"] = str(results_dir)  # the kernel inherits these
+    os.environ.setdefault("ADVLAB_PROGRESS", "text")
     try:
         pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
                             language="python",
@@ -69,6 +76,7 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
         raise StageFailed(stage, e.exec_count, e.cell_index, e.ename, e.evalue, dest,
                           _cell_source(dest, e.exec_count)) from None
     finally:
+        os.environ.pop("ADVLAB_RESULTS_DIR", None)
         if env_root is None:
             os.environ.pop("ADVLAB_ROOT", None)
         else:
@@ -104,7 +112,7 @@ class StageFailed(RuntimeError):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m advlab.run", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m advlab run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", help="notebook name, e.g. 00_baselines")
     ap.add_argument("--profile", choices=params_mod.PROFILES, default=None)
