@@ -38,8 +38,8 @@ $(FMNIST):
 	else echo "note: 'sudo apt-get install dataset-fashion-mnist' gives Fashion-MNIST offline"; fi
 
 data: setup $(FMNIST)
-	$(BIN)/python -m advlab.data fetch
-	$(BIN)/python -m advlab.data verify
+	$(BIN)/python -m advlab data fetch
+	$(BIN)/python -m advlab data cache
 
 repro: data
 	$(BIN)/dvc repro

@@ -1,26 +1,29 @@
 """Notebook and pipeline hygiene: notebooks are committed without outputs, have one
-`parameters` cell equal to params.yaml, and every stage declares what it depends on."""
+`parameters` cell equal to params.yaml, dvc.yaml is the rendering of the stage registry, and
+the library's layers keep their import rules."""
 import ast
-import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
 import yaml
 
-from advlab import params
+from advlab.pipeline import params, stages
 
 from .conftest import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-STAGES = [p.stem for p in NOTEBOOKS]
+NAMES = [p.stem for p in NOTEBOOKS]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+LIB = ROOT / "lib" / "advlab"
 
 
 def code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=STAGES)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_no_outputs_committed(path):
     nb = nbformat.read(path, as_version=4)
     for c in code_cells(nb):
@@ -41,72 +44,108 @@ def parameters_cell(path):
     return values
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=STAGES)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_parameters_equal_params_yaml(path):
-    stage = path.stem
+    section = params.section_of(path.stem)
     base = params.load(ROOT)
-    assert stage in base, f"params.yaml lacks a section {stage!r}"
-    expected = {**base["common"], **(base[stage] or {}), "out_dir": None}
+    assert section in base, f"params.yaml lacks a section {section!r}"
+    expected = {**base["common"], **(base[section] or {}), "out_dir": None}
     assert parameters_cell(path) == expected
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_is_in_the_pipeline_and_profiles(stage):
-    assert stage in DVC, f"dvc.yaml lacks stage {stage}"
-    assert DVC[stage]["cmd"] == f"python -m advlab.run {stage}"
-    for prof in ("smoke", "paper"):
-        overlay = yaml.safe_load((ROOT / "profiles" / f"{prof}.yaml").read_text())
-        assert stage in overlay, f"profiles/{prof}.yaml lacks a section {stage!r}"
-    tracked = DVC[stage]["params"]
-    assert "common" in tracked and stage in tracked
-    for prof in ("smoke", "paper"):
-        entry = next(p for p in tracked if isinstance(p, dict) and f"profiles/{prof}.yaml" in p)
-        assert set(entry[f"profiles/{prof}.yaml"]) == {"common", stage}
+def test_every_notebook_is_a_registered_stage():
+    assert NAMES == [s.name for s in stages.STAGES] == params.stages(ROOT)
 
 
-def advlab_imports(source: str, package_relative: bool) -> set[str]:
-    mods = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom):
-            if package_relative and node.level == 1:
-                if node.module:
-                    mods.add(node.module.split(".")[0])
-                else:
-                    mods.update(a.name for a in node.names)
-            elif node.module == "advlab":
-                mods.update(a.name for a in node.names)
-            elif node.module and node.module.startswith("advlab."):
-                mods.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            mods.update(a.name.split(".")[1] for a in node.names if a.name.startswith("advlab."))
-    return mods
+def test_dvc_yaml_is_the_rendering_of_the_registry():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_dvc.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
-def closure(mods: set[str]) -> set[str]:
-    todo, seen = list(mods), set()
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        src = (ROOT / "lib" / "advlab" / f"{m}.py").read_text()
-        todo.extend(advlab_imports(src, True) - seen)
-    return seen
+@pytest.mark.parametrize("stage", NAMES)
+def test_stage_deps_cover_every_imported_module(stage):
+    """Independent of the renderer: every advlab module a notebook imports (directly or
+    through the package) is a DVC dependency of its stage."""
+    nb_src = stages.notebook_source(ROOT / "notebooks" / f"{stage}.ipynb")
+    mods = {m for m in stages.advlab_imports(nb_src)}
+    assert mods, f"{stage} imports nothing from advlab"
+    needed = {str(p) for p in stages.module_closure(mods, ROOT)}
+    missing = sorted(needed - set(DVC[stage]["deps"]))
+    assert not missing, f"dvc.yaml stage {stage} lacks deps {missing}"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=STAGES)
-def test_stage_deps_cover_every_imported_module(path):
-    nb = nbformat.read(path, as_version=4)
-    src = "\n".join(re.sub(r"^[%!].*$", "", c.source, flags=re.M) for c in code_cells(nb))
-    needed = closure(advlab_imports(src, False) | {"run"})
-    deps = set(DVC[path.stem]["deps"])
-    missing = sorted(f"lib/advlab/{m}.py" for m in needed if f"lib/advlab/{m}.py" not in deps)
-    assert not missing, f"dvc.yaml stage {path.stem} lacks deps {missing}"
-    assert f"notebooks/{path.name}" in deps
+def test_stages_read_data_only_through_the_checked_stamps():
+    """No stage depends on data/ directly: DVC would then 'verify' data.dvc itself and rewrite
+    it from corrupt data.  The `data` stage checks data/ and writes the stamps."""
+    for name, st in DVC.items():
+        assert not any(d == "data" or d.startswith("data/") for d in st.get("deps", [])), name
+    assert DVC["data"]["always_changed"] is True
 
 
-def test_report_depends_on_every_stage_claims():
+def test_report_depends_on_every_stage_result():
     deps = set(DVC["99_report"]["deps"])
-    for stage in STAGES:
-        if stage != "99_report":
-            assert f"outputs/{stage}/claims.json" in deps
+    for s in stages.STAGES:
+        if s.name != "99_report":
+            assert f"results/{s.name}/claims.json" in deps
+
+
+def test_results_are_tracked_by_git_not_ignored():
+    r = subprocess.run(["git", "check-ignore", "-q", "results/00_baselines/metrics.json"],
+                       cwd=ROOT)
+    assert r.returncode == 1, "results/ must not be git-ignored: it holds the versioned metrics"
+
+
+# --------------------------------------------------------------------------- layers
+def _modules(layer):
+    return sorted(p for p in (LIB / layer).rglob("*.py") if p.name != "__init__.py")
+
+
+def _imports(path):
+    dotted = ".".join(path.relative_to(ROOT / "lib").with_suffix("").parts)
+    return stages.advlab_imports(path.read_text(), dotted)
+
+
+@pytest.mark.parametrize("path", _modules("papers"), ids=lambda p: p.stem)
+def test_papers_never_import_papers_or_the_pipeline(path):
+    bad = {m for m in _imports(path)
+           if m.startswith("advlab.papers.") or m.startswith("advlab.pipeline")}
+    assert not bad, f"{path.name} imports {sorted(bad)}: move shared helpers to advlab.core"
+
+
+@pytest.mark.parametrize("path", _modules("core"), ids=lambda p: p.stem)
+def test_core_imports_neither_papers_nor_pipeline(path):
+    bad = {m for m in _imports(path) if m.split(".")[1] in ("papers", "pipeline")}
+    assert not bad, f"core/{path.name} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("path", _modules("pipeline"), ids=lambda p: p.stem)
+def test_pipeline_imports_core_only_inside_functions(path):
+    tree = ast.parse(path.read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    dotted = ".".join(path.relative_to(ROOT / "lib").with_suffix("").parts)
+    for node in top:
+        mods = stages.advlab_imports(ast.unparse(node), dotted)
+        assert not any(".core" in m or ".papers" in m for m in mods), \
+            f"pipeline/{path.name}: top-level `{ast.unparse(node)}`"
+
+
+@pytest.mark.parametrize("path", sorted(LIB.rglob("__init__.py")), ids=str)
+def test_package_inits_hold_only_docstrings(path):
+    """__init__ files are no DVC dependency, so they must hold no code."""
+    for node in ast.parse(path.read_text()).body:
+        ok = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) or \
+            isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        assert ok, f"{path}: only a docstring and constants belong here"
+
+
+def test_package_map_and_readme_name_every_module():
+    doc = (LIB / "__init__.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for layer in ("core", "pipeline", "papers"):
+        for p in _modules(layer):
+            if p.parent.name == "knobs":
+                continue
+            assert p.stem in doc, f"advlab/__init__.py's map lacks {layer}/{p.stem}"
+            assert f"`{p.stem}`" in readme, \
+                f"README's layout lacks {layer}/{p.name}"

@@ -1,37 +1,62 @@
-"""The pipeline end to end on the smoke profile, in a temporary copy of the repository:
-every notebook runs through the runner, a second `dvc repro` is a no-op, and changing one knob
-invalidates exactly the stage that reads it.  Also: a failing notebook names its cell."""
+"""The pipeline end to end on the smoke profile, in a temporary clone of the repository, driven
+the way the README drives it:
+
+- every stage runs through `.venv/bin/dvc repro` with a PATH that holds no project interpreter
+  (DVC runs stage commands with the shell's PATH; `tools/advlab` must find the project's);
+- a second `dvc repro` runs nothing but the data check, and one knob invalidates only its stage;
+- `dvc exp run -S <section>.<knob>=...` works for every section (Hydra's grammar rejects keys
+  starting with a digit), and a queued experiment runs in a copy under .dvc/tmp/exps/, which
+  needs data/ in DVC's cache;
+- corrupt data stops `dvc repro` before any stage runs, naming the file, and data.dvc is
+  never rewritten;
+- metrics are versioned by git: `dvc metrics diff HEAD` and `dvc exp show` compare runs.
+Also: a failing notebook names its cell."""
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
-from advlab import run as runner
+from advlab.pipeline import params, stages
+from advlab.pipeline import run as runner
 
 from .conftest import ROOT
 
 pytestmark = pytest.mark.pipeline
-STAGES = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-ENV = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-ENV.pop("ADVLAB_ROOT", None)
+STAGES = [s.name for s in stages.STAGES]
+VENV = Path(sys.executable).parent.parent
+# No project interpreter on PATH: what `.venv/bin/dvc repro` sees without an activated env.
+BARE = {**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+for k in ("ADVLAB_ROOT", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "ADVLAB_PYTHON"):
+    BARE.pop(k, None)
 
 
-def sh(*args, cwd, check=True):
-    r = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+def sh(*args, cwd, check=True, env=None):
+    r = subprocess.run(args, cwd=cwd, env=env or BARE, capture_output=True, text=True)
     if check and r.returncode:
         raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout[-4000:]}\n"
                              f"{r.stderr[-4000:]}")
     return r
 
 
-def dvc(*args, cwd, check=True):
-    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd, check=check)
+def dvc(repo, *args, check=True, activated=False):
+    """`.venv/bin/dvc ARGS` in ``repo``; ``activated``: as after `source .venv/bin/activate`."""
+    env = BARE
+    if activated:
+        env = {**BARE, "PATH": f"{repo / '.venv' / 'bin'}:{BARE['PATH']}",
+               "VIRTUAL_ENV": str(repo / ".venv")}
+    return sh(str(repo / ".venv" / "bin" / "dvc"), *args, cwd=repo, check=check, env=env)
+
+
+def git(repo, *args):
+    return sh("git", "-c", "user.name=t", "-c", "user.email=t@t", *args, cwd=repo)
 
 
 def set_param(repo, file, section, key, value):
@@ -43,8 +68,9 @@ def set_param(repo, file, section, key, value):
 
 @pytest.fixture(scope="session")
 def smoke_repo(tmp_path_factory):
-    """A copy of the working tree (tracked + new files) and data/, on the smoke profile, after
-    one `dvc repro`."""
+    """A clone of the working tree (tracked + new files) on the smoke profile, set up as the
+    README's setup command leaves it (data/ built and cached, a .venv: here a link to this
+    one), after one `dvc repro`, with the run committed."""
     if not (ROOT / "data" / "fashion_mnist").exists():
         pytest.skip("data/ missing: run `make data`")
     dest = tmp_path_factory.mktemp("workbook")
@@ -55,13 +81,15 @@ def smoke_repo(tmp_path_factory):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
     shutil.copytree(ROOT / "data", dest / "data")
+    (dest / ".venv").symlink_to(VENV)
     set_param(dest, "params.yaml", "common", "profile", "smoke")
-    sh("git", "init", "-q", cwd=dest)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "x",
-       "--allow-empty", cwd=dest)
-    sh("git", "add", "-A", cwd=dest)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=dest)
-    first = dvc("repro", cwd=dest)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "copy")
+    sh(str(dest / ".venv" / "bin" / "python"), "-m", "advlab", "data", "cache", cwd=dest)
+    first = dvc(dest, "repro")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "smoke run")
     return dest, first.stdout
 
 
@@ -69,36 +97,52 @@ def smoke_repo(tmp_path_factory):
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_notebook_runs_on_smoke(smoke_repo, stage):
     repo, _ = smoke_repo
-    out = repo / "outputs" / stage
+    out, res = repo / "outputs" / stage, repo / "results" / stage
     assert (out / f"{stage}.ipynb").exists() and (out / f"{stage}.html").exists()
-    claims = json.loads((out / "claims.json").read_text()) if stage != "99_report" else None
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((res / "metrics.json").read_text())
     assert metrics and all(isinstance(v, (int, float)) for v in metrics.values())
-    if claims is not None:
+    assert len(metrics) <= 20, f"{stage}: {len(metrics)} headline metrics; keep the rest in " \
+        "outputs/<stage>/details.json"
+    assert (out / "details.json").exists()
+    if stage != "99_report":
+        claims = json.loads((res / "claims.json").read_text())
         assert claims["n"] >= 1 and claims["stage"] == stage
         for c in claims["claims"]:
             assert isinstance(c["holds"], bool) and isinstance(c["measured"], float)
+            assert f"claim.{c['id']}" in metrics
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["params"]["profile"] == "smoke"
 
 
-def test_report_collects_every_stage(smoke_repo):
+def test_stages_ran_without_a_project_interpreter_on_path(smoke_repo):
+    repo, first = smoke_repo
+    assert sh("sh", "-c", "command -v python || true", cwd=repo).stdout.strip() != \
+        str(repo / ".venv" / "bin" / "python")
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+
+
+def test_report_collects_every_stage_and_writes_results_md(smoke_repo):
     repo, _ = smoke_repo
     md = (repo / "outputs" / "99_report" / "scorecard.md").read_text()
+    results = (repo / "RESULTS.md").read_text()
+    assert results.startswith("<!-- GENERATED")
     for stage in STAGES:
         if stage != "99_report":
-            assert f"## {stage}:" in md
+            assert f"## {stage}:" in md and f"## {stage}:" in results
+            assert f"| `{stage}` |" in results  # its wall time
 
 
-def test_second_repro_is_a_noop(smoke_repo):
+def test_second_repro_only_checks_the_data(smoke_repo):
     repo, _ = smoke_repo
-    out = dvc("repro", cwd=repo).stdout
-    assert "Running stage" not in out, out
-    assert "Data and pipelines are up to date" in dvc("status", cwd=repo).stdout
+    out = dvc(repo, "repro").stdout
+    ran = [ln for ln in out.splitlines() if ln.startswith("Running stage")]
+    assert ran == ["Running stage 'data':"], out
+    assert sh("git", "status", "--porcelain", cwd=repo).stdout == ""
 
 
 def changed_stages(repo):
-    return set(json.loads(dvc("status", "--json", cwd=repo).stdout))
+    return set(json.loads(dvc(repo, "status", "--json").stdout)) - {"data"}
 
 
 @pytest.mark.parametrize("file", ["params.yaml", "profiles/smoke.yaml"])
@@ -106,20 +150,83 @@ def test_a_knob_invalidates_only_its_stage(smoke_repo, file):
     repo, _ = smoke_repo
     original = (repo / file).read_text()
     try:
-        set_param(repo, file, "00_baselines", "eval_steps", 4)
+        set_param(repo, file, "baselines", "eval_steps", 4)
         assert changed_stages(repo) == {"00_baselines"}
-        set_param(repo, file, "99_report", "stages", ["00_baselines"])
+        set_param(repo, file, "report", "stages", ["00_baselines"])
         assert changed_stages(repo) == {"00_baselines", "99_report"}
     finally:
         (repo / file).write_text(original)
     assert changed_stages(repo) == set()
 
 
-def test_metrics_and_plots_show(smoke_repo):
+def test_every_section_is_addressable_with_dvc_exp_run_set_param(smoke_repo):
+    """`dvc exp run -S section.knob=value` parses and applies for every section (Hydra's
+    grammar rejected `00_baselines.eps`).  Values unchanged and `--temp`: a real experiment in
+    a copy under .dvc/tmp/exps/, where only the data check runs, on data/ checked out from
+    DVC's cache."""
     repo, _ = smoke_repo
-    shown = dvc("metrics", "show", "--json", cwd=repo).stdout
-    assert "pgd_at_aa_acc" in shown
-    dvc("plots", "show", "--json", cwd=repo)
+    base = params.load(repo)
+    sets = []
+    for section in ["common"] + [s.slug for s in stages.STAGES]:
+        key = sorted(base[section])[0]
+        sets += ["-S", f"{section}.{key}={json.dumps(base[section][key])}"]
+    r = dvc(repo, "exp", "run", "--temp", "-n", "every-section", *sets, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Running stage 'data'" in r.stdout and "Running stage '00_baselines'" not in r.stdout
+    assert sh("git", "status", "--porcelain", "params.yaml", cwd=repo).stdout == ""
+
+
+def test_queued_experiment_runs_in_a_copy_and_shows_its_metrics(smoke_repo):
+    repo, _ = smoke_repo
+    dvc(repo, "exp", "run", "--queue", "-n", "only-baselines", "-S",
+        "report.stages=[00_baselines]")
+    # DVC's queue worker is started as `dvc` from PATH: the README activates the env first.
+    dvc(repo, "queue", "start", activated=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = dvc(repo, "queue", "status", activated=True).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert "Success" in status, status + dvc(repo, "queue", "logs", "only-baselines",
+                                           check=False, activated=True).stdout[-3000:]
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    exps = [e for r in shown for e in (r.get("experiments") or [])]
+    exp = next(e for e in exps if e["name"] == "only-baselines")
+    metrics = exp["revs"][0]["data"]["metrics"]["results/99_report/metrics.json"]["data"]
+    assert metrics["stages"] == 1   # the report of the experiment saw only 00_baselines
+
+
+def test_corrupt_data_stops_repro_before_any_stage_and_keeps_data_dvc(smoke_repo):
+    repo, _ = smoke_repo
+    victim = repo / "data" / "mnist5k" / "test_labels.npy"
+    original = victim.read_bytes()
+    dvc_file = (repo / "data.dvc").read_bytes()
+    try:
+        victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        set_param(repo, "params.yaml", "baselines", "eval_steps", 4)  # a stage that would run
+        r = dvc(repo, "repro", check=False)
+        assert r.returncode != 0
+        assert "mnist5k/test_labels.npy is corrupt" in r.stderr + r.stdout
+        assert "make data" in r.stderr + r.stdout
+        assert "Running stage '00_baselines'" not in r.stdout
+        assert (repo / "data.dvc").read_bytes() == dvc_file
+    finally:
+        victim.write_bytes(original)
+        sh("git", "checkout", "params.yaml", cwd=repo)
+    dvc(repo, "repro")  # the stamps come back; nothing else changed
+    assert sh("git", "status", "--porcelain", cwd=repo).stdout == ""
+
+
+def test_metrics_are_versioned_and_plots_render(smoke_repo):
+    repo, _ = smoke_repo
+    r = dvc(repo, "metrics", "diff", "HEAD", "--json")
+    assert "failed to load" not in r.stderr
+    shown = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert "pgd_at_aa_acc" in files["results/00_baselines/metrics.json"]["data"]
+    assert sh("git", "ls-files", "results/00_baselines/metrics.json", cwd=repo).stdout.strip()
+    dvc(repo, "plots", "show", "--json")
 
 
 def test_failing_notebook_names_its_cell(tmp_path):
@@ -134,5 +241,6 @@ def test_failing_notebook_names_its_cell(tmp_path):
         runner.execute("broken", root=tmp_path, log_output=False)
     # papermill inserts an injected-parameters cell, so "1 / 0" is the 4th cell executed
     assert e.value.exec_count == 4 and "cell [4]" in str(e.value) and "'1 / 0'" in str(e.value)
-    r = sh(sys.executable, "-m", "advlab.run", "broken", "--quiet", cwd=tmp_path, check=False)
+    r = sh(sys.executable, "-m", "advlab", "run", "broken", "--quiet", cwd=tmp_path, check=False,
+           env={**BARE, "PATH": f"{Path(sys.executable).parent}:{BARE['PATH']}"})
     assert r.returncode == 1 and "failed in cell [4]" in r.stderr
