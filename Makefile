@@ -50,8 +50,9 @@ test: data
 test-fast: data
 	$(BIN)/python -m pytest -m "not notebook and not pipeline" $(PYTEST_ARGS)
 
+# (as root, e.g. in a container, Jupyter needs --allow-root)
 lab: data
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: data
 	$(BIN)/python benchmarks/run.py
