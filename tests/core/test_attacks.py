@@ -155,3 +155,24 @@ def test_early_stop_refuses_targeted_and_kl(trained_model, tiny_batch):
     for kw in ({"targeted": True}, {"loss": "kl"}):
         with pytest.raises(ValueError, match="early_stop"):
             attacks.pgd(trained_model, x, y, EPS, steps=2, early_stop=True, **kw)
+
+
+def test_aa_lite_runs_the_step_schedule_of_its_own_iterations(monkeypatch):
+    """APGD fixes its step-size checkpoints in its constructor: AA-lite with 50 iterations must
+    halve the step at the 50-iteration checkpoints (22/6/3% of 50), not the 100-iteration ones."""
+    import pyautoattack
+
+    from advlab.core import models
+
+    seen = {}
+
+    def capture(self, x, y, batch_size=None, **kw):
+        for name, a in (("ce", self.apgd), ("t", self.apgd_targeted)):
+            seen[name] = (a.n_iter, a.n_iter_2, a.n_iter_min, a.size_decr)
+        return x, y
+
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", capture)
+    model = models.create_model("small_cnn").eval()
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    attacks.autoattack(model, x, y, 0.1, version="lite", n_iter=50, n_target_classes=3)
+    assert seen["ce"] == seen["t"] == (50, 11, 3, 1)

@@ -240,6 +240,18 @@ def fgsm(model, x, y, eps: float, random_start: bool = False, alpha: float | Non
     return pgd(model, x, y, eps, alpha=eps, steps=1, random_start=False)
 
 
+def set_apgd_iterations(apgd, n_iter: int) -> None:
+    """Give an APGD attack of ``pyautoattack`` ``n_iter`` iterations *and* the step-size
+    schedule that goes with them.  APGD computes its checkpoints (when the step may be halved:
+    ``n_iter_2`` = 22%, ``n_iter_min`` = 6%, ``size_decr`` = 3% of the iterations) in its
+    constructor, so setting ``n_iter`` afterwards would keep the 100-iteration schedule; this
+    recomputes them with the official formulas (``autopgd_base.py``)."""
+    apgd.n_iter = apgd.n_iter_orig = int(n_iter)
+    apgd.n_iter_2 = max(int(0.22 * n_iter), 1)
+    apgd.n_iter_min = max(int(0.06 * n_iter), 1)
+    apgd.size_decr = max(int(0.03 * n_iter), 1)
+
+
 def autoattack(model, x, y, eps: float, norm: str = "Linf", version: str = "standard",
                n_iter: int = 100, n_target_classes: int = 9, batch_size: int = 500,
                seed: int = 0, verbose: bool = False) -> torch.Tensor:
@@ -264,9 +276,9 @@ def autoattack(model, x, y, eps: float, norm: str = "Linf", version: str = "stan
             adversary = AutoAttack(model, norm=norm, eps=eps, version="custom",
                                    attacks=["apgd-ce", "apgd-t"], device=str(dev), seed=seed)
             adversary.apgd.n_restarts = 1
-            adversary.apgd.n_iter = n_iter
-            adversary.apgd_targeted.n_iter = n_iter
             adversary.apgd_targeted.n_target_classes = n_target_classes
+            for apgd in (adversary.apgd, adversary.apgd_targeted):
+                set_apgd_iterations(apgd, n_iter)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach()
