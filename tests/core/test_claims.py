@@ -1,9 +1,12 @@
-"""Claims: verdicts are computed from the measured number, never set by hand."""
+"""Claims: verdicts are computed from the measured number and its interval, never set by
+hand; a claim that was not computed stays in the record as not run."""
 import json
 import math
 
+import numpy as np
 import pytest
 
+from advlab.core import claims as claims_mod
 from advlab.core.claims import Claims, load_all
 
 
@@ -11,9 +14,11 @@ def test_verdicts_are_computed():
     c = Claims("x")
     assert c.check("a", "s", "p", 0.7, ">=", 0.6).holds
     assert not c.check("b", "s", "p", 0.5, ">=", 0.6).holds
-    assert not c.check("c", "s", "p", math.nan, "<", 1.0).holds
+    nan = c.check("c", "s", "p", math.nan, "<", 1.0)
+    assert not nan.holds and nan.verdict == "inconclusive"
     assert c.check("d", "s", "p", -1, "<", 0).criterion == "measured < 0"
-    assert c.summary == {"stage": "x", "n": 4, "holds": 2}
+    s = c.summary
+    assert (s["n"], s["holds"], s["does_not_hold"], s["inconclusive"]) == (4, 2, 1, 1)
 
 
 def test_duplicate_ids_and_bad_ops_are_rejected():
@@ -42,3 +47,100 @@ def test_markdown_marks_failures():
     c.check("no", "failing claim", "p", 0, ">", 1)
     md = c.to_markdown().splitlines()
     assert md[2].endswith("| holds |") and md[3].endswith("| **does not hold** |")
+
+
+@pytest.mark.parametrize("measured,interval,op,expected", [
+    (0.05, (0.02, 0.08), ">", "holds"),            # clear of the bar
+    (0.05, (-0.01, 0.11), ">", "inconclusive"),    # straddles it
+    (-0.05, (-0.08, -0.02), ">", "does not hold"),  # clear on the other side
+    (0.9, (0.85, 0.95), "<=", "does not hold"),
+    (0.9, (0.85, 1.05), ">=", "inconclusive"),
+    (0.9, None, ">=", "holds"),                    # no interval: the point decides
+])
+def test_interval_decides_the_verdict(measured, interval, op, expected):
+    thr = 0.0 if op == ">" else 0.9 if op == ">=" else 0.8
+    c = Claims("x").check("k", "s", "p", measured, op, thr, interval=interval)
+    assert c.verdict == expected and c.holds == (expected == "holds")
+
+
+def test_interval_must_contain_the_measurement():
+    with pytest.raises(ValueError, match="does not contain"):
+        Claims("x").check("k", "s", "p", 0.5, ">", 0, interval=(0.6, 0.7))
+
+
+def test_not_run_and_expected_claims_never_drop_out(tmp_path):
+    c = Claims("x")
+    c.expect("a", "b", "c")
+    c.check("a", "s", "p", 1, ">", 0, kind="sanity")
+    c.not_run("b", "claim b", reason="trades: false")
+    c.save(tmp_path)
+    rec = json.loads((tmp_path / "claims.json").read_text())
+    verdicts = {r["id"]: (r["verdict"], r["kind"]) for r in rec["claims"]}
+    assert verdicts == {"a": ("holds", "sanity"), "b": ("not run", "headline"),
+                        "c": ("not run", "headline")}
+    assert rec["by_kind"]["sanity"]["holds"] == 1 and rec["not_run"] == 2
+    with pytest.raises(ValueError, match="unknown kind"):
+        c.check("d", "s", "p", 1, ">", 0, kind="headlines")
+
+
+def test_bootstrap_interval_of_an_accuracy_matches_the_binomial_spread():
+    correct = np.r_[np.ones(300), np.zeros(200)]          # accuracy 0.6 on 500 images
+    lo, hi = claims_mod.bootstrap_interval(correct, n_boot=4000)
+    half = 1.96 * math.sqrt(0.6 * 0.4 / 500)               # normal approximation: 0.043
+    assert lo < 0.6 < hi and abs((hi - lo) / 2 - half) < 0.006
+
+
+def test_paired_interval_is_narrower_than_unpaired_for_correlated_arms():
+    rng = np.random.default_rng(0)
+    a = (rng.random(400) < 0.6).astype(float)
+    b = a.copy()
+    flip = rng.random(400) < 0.05
+    b[flip] = 1 - b[flip]                                  # b differs from a on ~5% only
+    lo, hi = claims_mod.paired_bootstrap_interval(a, b)
+    assert lo <= a.mean() - b.mean() <= hi and hi - lo < 0.05
+
+
+def test_seed_interval_is_the_t_interval_and_none_for_one_seed():
+    assert claims_mod.seed_interval([0.3]) is None
+    lo, hi = claims_mod.seed_interval([1.0, 2.0, 3.0])
+    assert (lo + hi) / 2 == pytest.approx(2.0) and (hi - lo) / 2 == pytest.approx(2.4841, rel=1e-3)
+
+
+def test_scorecard_tallies_kinds_and_verdicts(tmp_path):
+    c = Claims("00_x")
+    c.check("h", "headline holds", "p", 1, ">", 0)
+    c.check("m", "mechanism inconclusive", "p", 0.1, ">", 0, interval=(-0.1, 0.3),
+            interval_kind="seed range", kind="mechanism")
+    c.save(tmp_path / "00_x")
+    recs = load_all(tmp_path)
+    t = claims_mod.tally(recs)
+    assert t["headline"]["holds"] == 1 and t["mechanism"]["inconclusive"] == 1
+    md = claims_mod.scorecard_markdown(recs, "smoke")
+    assert md.startswith("1 of 1 headline claims hold, 0 inconclusive")
+    assert "[-0.1, 0.3] (seed range)" in md and "*inconclusive*" in md
+
+
+def test_old_records_without_verdict_states_still_load(tmp_path):
+    (tmp_path / "00_old").mkdir()
+    (tmp_path / "00_old" / "claims.json").write_text(json.dumps(
+        {"stage": "00_old", "n": 1, "holds": 0, "claims": [
+            {"id": "k", "statement": "s", "paper": "p", "measured": 0.1, "criterion": "c",
+             "holds": False}]}))
+    rec = load_all(tmp_path)[0]["claims"][0]
+    assert rec["verdict"] == "does not hold" and rec["kind"] == "headline"
+
+
+def test_a_caveat_turns_a_holding_claim_inconclusive_and_says_why():
+    c = Claims("x")
+    a = c.check("a", "s", "p", 0.5, ">", 0, caveat="gradient-masking checks failed")
+    b = c.check("b", "s", "p", -0.5, ">", 0, caveat="gradient-masking checks failed")
+    assert a.verdict == "inconclusive" and "gradient-masking" in a.note
+    assert b.verdict == "does not hold"
+
+
+def test_an_accuracy_of_zero_still_has_an_upper_bound():
+    """0 of 20 correct is not 'exactly 0': the Wilson interval reaches ~16%."""
+    lo, hi = claims_mod.bootstrap_interval(np.zeros(20))
+    assert lo == 0.0 and 0.15 < hi < 0.18
+    lo, hi = claims_mod.wilson_interval(20, 20)
+    assert hi == 1.0 and 0.82 < lo < 0.85

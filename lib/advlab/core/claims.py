@@ -1,13 +1,30 @@
-"""A paper's claims as records, with verdicts computed from measured numbers.
+"""A paper's claims as records, with verdicts computed from measured numbers and their
+uncertainty.
 
     claims = Claims("02_awp")
     claims.check("awp_shrinks_drop", "AWP shrinks the best-minus-last drop",
                  paper="AT 8.7 pts -> AWP 1.0 pts", measured=drop_awp - drop_at,
-                 op="<", threshold=0.0, unit="pts")
+                 op="<", threshold=0.0, unit="pts",
+                 interval=seed_interval(per_seed_diffs), kind="headline")
+    claims.not_run("trades_awp", "TRADES-AWP ...", paper="...", reason="trades: false")
     claims.save(out_dir)        # -> claims.json
 
 The verdict is always computed by comparing ``measured`` with ``threshold`` through ``op``:
-nothing is ever marked as holding by hand.
+nothing is ever marked as holding by hand.  With an ``interval`` (lo, hi) around ``measured``:
+
+- **holds** when the whole interval meets the criterion (clear of the bar),
+- **does not hold** when the whole interval fails it (clear on the other side),
+- **inconclusive** when the interval straddles the bar.
+
+Without an interval the point estimate decides (the record says ``interval: null``, so a
+reader sees that no uncertainty was attached).  A NaN measurement is inconclusive; a claim
+that was not computed in this configuration is **not run**, with the reason.  ``kind`` says
+what a claim is worth: a ``headline`` claim of the paper, a ``mechanism`` (a diagnostic of how
+the method works) or a ``sanity`` check; the scorecard counts them separately.
+
+Intervals: ``bootstrap_interval`` (over evaluation examples; Wilson's for an accuracy),
+``paired_bootstrap_interval`` (a difference of two arms on the same examples), ``seed_interval``
+(over training seeds).
 """
 from __future__ import annotations
 
@@ -17,7 +34,11 @@ import operator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+KINDS = ("headline", "mechanism", "sanity")
+VERDICTS = ("holds", "does not hold", "inconclusive", "not run")
 
 
 @dataclass
@@ -27,63 +48,239 @@ class Claim:
     paper: str          # the paper's statement / number, as text
     measured: float     # our number
     criterion: str      # e.g. "measured >= 0.6"
-    holds: bool
+    holds: bool         # verdict == "holds"
     unit: str = ""
     note: str = ""
+    verdict: str = ""   # one of VERDICTS
+    kind: str = "headline"
+    interval: list | None = None   # [lo, hi] around measured, or None
+    interval_kind: str = ""        # e.g. "95% bootstrap over 500 images"
+
+
+def verdict(measured: float, op: str, threshold: float, interval=None) -> str:
+    """'holds', 'does not hold' or 'inconclusive' for ``measured <op> threshold`` (see the
+    module docstring); ``interval`` is (lo, hi) or None."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; allowed: {sorted(OPS)}")
+    if measured is None or math.isnan(measured):
+        return "inconclusive"
+    if interval is None:
+        return "holds" if OPS[op](measured, threshold) else "does not hold"
+    lo, hi = interval
+    if math.isnan(lo) or math.isnan(hi):
+        return "inconclusive"
+    tol = 1e-9 * max(1.0, abs(measured))   # the same number computed in another order
+    if not lo - tol <= measured <= hi + tol:
+        raise ValueError(f"interval [{lo}, {hi}] does not contain the measured {measured}")
+    ok_lo, ok_hi = OPS[op](lo, threshold), OPS[op](hi, threshold)
+    if ok_lo and ok_hi:
+        return "holds"
+    if not ok_lo and not ok_hi:
+        return "does not hold"
+    return "inconclusive"
 
 
 class Claims:
-    """The claims of one notebook; ``check`` adds one, ``save`` writes ``claims.json``."""
+    """The claims of one notebook; ``check`` adds one, ``not_run`` records one that was not
+    computed, ``save`` writes ``claims.json``.  ``expect(*ids)`` declares the claims a stage
+    always reports: ``save`` records any of them never checked as not run."""
 
     def __init__(self, stage: str):
         self.stage = stage
         self.items: list[Claim] = []
+        self.expected: list[str] = []
 
-    def check(self, id: str, statement: str, paper: str, measured: float, op: str,
-              threshold: float, unit: str = "", note: str = "") -> Claim:
-        """Record a claim whose verdict is ``measured <op> threshold``.
-
-        A NaN measurement never holds.
-        """
-        if op not in OPS:
-            raise ValueError(f"unknown op {op!r}; allowed: {sorted(OPS)}")
-        if any(c.id == id for c in self.items):
-            raise ValueError(f"claim {id!r} recorded twice")
-        measured = float(measured)
-        holds = (not math.isnan(measured)) and bool(OPS[op](measured, threshold))
-        claim = Claim(id, statement, paper, measured, f"measured {op} {threshold:g}", holds,
-                      unit, note)
+    def _add(self, claim: Claim) -> Claim:
+        if any(c.id == claim.id for c in self.items):
+            raise ValueError(f"claim {claim.id!r} recorded twice")
+        if claim.kind not in KINDS:
+            raise ValueError(f"claim {claim.id!r}: unknown kind {claim.kind!r}; allowed: {KINDS}")
         self.items.append(claim)
         return claim
 
+    def check(self, id: str, statement: str, paper: str, measured: float, op: str,
+              threshold: float, unit: str = "", note: str = "", interval=None,
+              interval_kind: str = "", kind: str = "headline", caveat: str = "") -> Claim:
+        """Record a claim whose verdict is ``measured <op> threshold``, decided with its
+        ``interval`` when one is given (see the module docstring).  ``caveat``: a failed
+        check the claim rests on (e.g. gradient masking on its robust model); a claim that
+        would hold becomes inconclusive, and the caveat joins the note."""
+        measured = float(measured)
+        iv = None if interval is None else [float(interval[0]), float(interval[1])]
+        v = verdict(measured, op, threshold, iv)
+        if caveat:
+            note = f"{note}; caveat: {caveat}" if note else f"caveat: {caveat}"
+            v = "inconclusive" if v == "holds" else v
+        return self._add(Claim(id, statement, paper, measured, f"measured {op} {threshold:g}",
+                               v == "holds", unit, note, v, kind, iv, interval_kind))
+
+    def not_run(self, id: str, statement: str, paper: str = "", reason: str = "",
+                kind: str = "headline") -> Claim:
+        """Record a claim this configuration did not compute (``reason`` says why), so it
+        never silently drops out of the scorecard."""
+        return self._add(Claim(id, statement, paper, float("nan"), "", False, "",
+                               f"not run: {reason}", "not run", kind))
+
+    def expect(self, *ids: str) -> None:
+        """Declare claim ids this stage always reports (in every profile and configuration)."""
+        self.expected.extend(ids)
+
     @property
     def summary(self) -> dict:
-        n = len(self.items)
-        return {"stage": self.stage, "n": n, "holds": sum(c.holds for c in self.items)}
+        """Counts: ``n``, ``holds`` (all kinds), and per verdict and per kind x verdict."""
+        out = {"stage": self.stage, "n": len(self.items),
+               "holds": sum(c.holds for c in self.items)}
+        for v in VERDICTS:
+            out[v.replace(" ", "_")] = sum(c.verdict == v for c in self.items)
+        out["by_kind"] = {k: {v.replace(" ", "_"): sum(c.kind == k and c.verdict == v
+                                                       for c in self.items) for v in VERDICTS}
+                          for k in KINDS}
+        return out
 
     def to_records(self) -> list[dict]:
         return [asdict(c) for c in self.items]
 
     def to_markdown(self) -> str:
-        rows = ["| claim | paper | ours | criterion | verdict |", "|---|---|---|---|---|"]
+        rows = ["| claim | kind | paper | ours | interval | criterion | verdict |",
+                "|---|---|---|---|---|---|---|"]
         for c in self.items:
-            rows.append(f"| {c.statement} | {c.paper} | {c.measured:.4g}{c.unit and ' ' + c.unit}"
-                        f" | {c.criterion} | {'holds' if c.holds else '**does not hold**'} |")
+            rows.append(f"| {c.statement} | {c.kind} | {c.paper} | {format_measured(c)} | "
+                        f"{format_interval(c)} | {c.criterion} | {format_verdict(c.verdict)} |")
         return "\n".join(rows)
 
     def _repr_markdown_(self):
         return self.to_markdown()
 
     def save(self, out_dir) -> Path:
+        for cid in self.expected:
+            if not any(c.id == cid for c in self.items):
+                self.not_run(cid, cid, reason="not computed in this configuration")
         path = Path(out_dir) / "claims.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({**self.summary, "claims": self.to_records()}, indent=2))
         return path
 
 
-def load_all(outputs_dir) -> list[dict]:
-    """Every ``outputs/*/claims.json`` as dicts, sorted by stage name (missing stages skipped)."""
+def format_measured(c) -> str:
+    c = c if isinstance(c, dict) else asdict(c)
+    unit = f" {c['unit']}" if c.get("unit") else ""
+    return "—" if math.isnan(c["measured"]) else f"{c['measured']:.4g}{unit}"
+
+
+def format_interval(c) -> str:
+    c = c if isinstance(c, dict) else asdict(c)
+    iv = c.get("interval")
+    if not iv:
+        return "none"
+    kind = f" ({c['interval_kind']})" if c.get("interval_kind") else ""
+    return f"[{iv[0]:.3g}, {iv[1]:.3g}]{kind}"
+
+
+def format_verdict(v: str) -> str:
+    return {"holds": "holds", "does not hold": "**does not hold**",
+            "inconclusive": "*inconclusive*", "not run": "not run"}.get(v, v)
+
+
+def load_all(results_dir) -> list[dict]:
+    """Every ``<results_dir>/*/claims.json`` as dicts, sorted by stage name.  Records written
+    before verdicts had states get them from their ``holds`` flag."""
     out = []
-    for p in sorted(Path(outputs_dir).glob("*/claims.json")):
-        out.append(json.loads(p.read_text()))
+    for p in sorted(Path(results_dir).glob("*/claims.json")):
+        blob = json.loads(p.read_text())
+        for c in blob["claims"]:
+            c.setdefault("verdict", "holds" if c["holds"] else "does not hold")
+            c.setdefault("kind", "headline")
+            c.setdefault("interval", None)
+        out.append(blob)
     return out
+
+
+# --------------------------------------------------------------------------- intervals
+def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (an accuracy on n images).  Unlike a
+    bootstrap it does not collapse to a point at 0/n or n/n."""
+    from scipy import stats
+
+    if n <= 0:
+        raise ValueError("n must be positive")
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, min(p, centre - half))), float(min(1.0, max(p, centre + half)))
+
+
+def bootstrap_interval(values, stat=np.mean, level: float = 0.95, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat`` over the examples in ``values`` (a 1-D array).
+    The mean of 0/1 values (per-image correctness: an accuracy) gets the Wilson interval
+    instead, which stays honest at 0 or 100%."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) < 2:
+        raise ValueError(f"need a 1-D array of at least 2 values, got shape {v.shape}")
+    if stat is np.mean and np.isin(v, (0.0, 1.0)).all():
+        return wilson_interval(int(v.sum()), len(v), level)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(v), size=(n_boot, len(v)))
+    boots = np.array([stat(v[i]) for i in idx])
+    a = (1 - level) / 2
+    lo, hi = np.quantile(boots, [a, 1 - a])
+    point = stat(v)
+    return float(min(lo, point)), float(max(hi, point))
+
+
+def paired_bootstrap_interval(a, b, level: float = 0.95, n_boot: int = 2000,
+                              seed: int = 0) -> tuple[float, float]:
+    """Interval of mean(a) - mean(b) for two arms measured on the same examples (resampling
+    examples, keeping the pairs)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired arms need the same examples: {a.shape} vs {b.shape}")
+    return bootstrap_interval(a - b, np.mean, level, n_boot, seed)
+
+
+def seed_interval(values, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean over training seeds; None for fewer than 2 seeds (one
+    seed has no spread: the verdict then rests on the point estimate and says so)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+# --------------------------------------------------------------------------- scorecard
+def tally(records: list[dict]) -> dict:
+    """{kind: {verdict: count}} over the claims of ``records`` (``load_all``'s dicts), plus a
+    ``total`` row."""
+    out = {k: dict.fromkeys(VERDICTS, 0) for k in (*KINDS, "total")}
+    for r in records:
+        for c in r["claims"]:
+            out[c.get("kind", "headline")][c["verdict"]] += 1
+            out["total"][c["verdict"]] += 1
+    return out
+
+
+def scorecard_markdown(records: list[dict], profile: str) -> str:
+    """The scorecard as markdown: the tally by kind and verdict, then one table per stage
+    with each claim's number, interval, criterion and verdict."""
+    t = tally(records)
+    md = ["| claims | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
+    md += [f"| {k} | " + " | ".join(str(t[k][v]) for v in VERDICTS) + " |"
+           for k in (*KINDS, "total")]
+    head = t["headline"]
+    lines = [f"{head['holds']} of {sum(head.values())} headline claims hold, "
+             f"{head['inconclusive']} inconclusive (profile: {profile}).", "", *md, ""]
+    for r in records:
+        n_h = sum(c["verdict"] == "holds" for c in r["claims"])
+        lines += [f"## {r['stage']}: {n_h}/{len(r['claims'])} claims hold", "",
+                  "| claim | kind | paper | ours | interval | criterion | verdict | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in r["claims"]:
+            lines.append(f"| {c['statement']} | {c.get('kind', 'headline')} | {c['paper']} | "
+                         f"{format_measured(c)} | {format_interval(c)} | {c['criterion']} | "
+                         f"{format_verdict(c['verdict'])} | {c.get('note', '')} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -22,6 +22,11 @@ def predict(model, x, batch_size: int = 1000) -> torch.Tensor:
                           for xb, _ in batches(x, x[:, 0, 0, 0], batch_size)])
 
 
+def correct(model, x, y, batch_size: int = 1000) -> torch.Tensor:
+    """Per-example correctness [N] as 0./1. floats (for intervals over examples)."""
+    return (predict(model, x, batch_size) == y).float()
+
+
 def accuracy(model, x, y, batch_size: int = 1000) -> float:
     """Clean accuracy in [0, 1]."""
     return (predict(model, x, batch_size) == y).float().mean().item()

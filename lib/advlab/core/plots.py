@@ -83,15 +83,24 @@ def eps_curves(curves: dict, epsilons, xlabel="eps (Linf)", ylabel="robust accur
 
 
 def claims_scorecard(records: list[dict]):
-    """A horizontal bar per stage: claims holding vs not holding."""
+    """One horizontal stacked bar per stage: its claims by verdict (holds, does not hold,
+    inconclusive, not run), headline claims in full colour and the others lighter."""
+    colors = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:olive",
+              "not run": "lightgray"}
     stages = [r["stage"] for r in records]
-    holds = [r["holds"] for r in records]
-    fails = [r["n"] - r["holds"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 0.5 * max(len(stages), 2) + 1))
-    ax.barh(stages, holds, color="tab:green", label="holds")
-    ax.barh(stages, fails, left=holds, color="tab:red", label="does not hold")
-    ax.set_xlabel("claims")
+    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(stages), 2) + 1.2))
+    left = np.zeros(len(stages))
+    for verdict, color in colors.items():
+        for headline in (True, False):
+            n = np.array([sum(c.get("verdict") == verdict and
+                              (c.get("kind", "headline") == "headline") == headline
+                              for c in r["claims"]) for r in records], dtype=float)
+            label = f"{verdict} ({'headline' if headline else 'mechanism / sanity'})"
+            ax.barh(stages, n, left=left, color=color, alpha=1.0 if headline else 0.45,
+                    label=label if n.sum() else None)
+            left += n
+    ax.set_xlabel("number of claims")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig

@@ -179,8 +179,9 @@ class Run:
         head = {k: self.metrics[k] for k in headline}
         if self.claims is not None:
             head.update({f"claim.{c.id}": c.measured for c in self.claims.items})
-            head["claims_hold"] = self.claims.summary["holds"]
-            head["claims_total"] = self.claims.summary["n"]
+            summary = self.claims.summary
+            head.update(claims_hold=summary["holds"], claims_total=summary["n"],
+                        claims_inconclusive=summary["inconclusive"])
         path = self.results_dir / "metrics.json"
         path.write_text(json.dumps({**head, "elapsed_seconds": elapsed, **load}, indent=2,
                                    default=float))
