@@ -24,6 +24,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
+from advlab.core.claims import KINDS, VERDICTS
 from advlab.pipeline import params, stages
 from advlab.pipeline import run as runner
 
@@ -109,6 +110,11 @@ def test_every_notebook_runs_on_smoke(smoke_repo, stage):
         assert claims["n"] >= 1 and claims["stage"] == stage
         for c in claims["claims"]:
             assert isinstance(c["holds"], bool) and isinstance(c["measured"], float)
+            assert c["verdict"] in VERDICTS and c["kind"] in KINDS
+            assert c["holds"] == (c["verdict"] == "holds")
+            if c["interval"] is not None and c["verdict"] != "not run":
+                lo, hi = c["interval"]
+                assert lo <= c["measured"] + 1e-9 and c["measured"] <= hi + 1e-9
             assert f"claim.{c['id']}" in metrics
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["params"]["profile"] == "smoke"
@@ -244,3 +250,18 @@ def test_failing_notebook_names_its_cell(tmp_path):
     r = sh(sys.executable, "-m", "advlab", "run", "broken", "--quiet", cwd=tmp_path, check=False,
            env={**BARE, "PATH": f"{Path(sys.executable).parent}:{BARE['PATH']}"})
     assert r.returncode == 1 and "failed in cell [4]" in r.stderr
+
+
+def test_progress_bars_are_stripped_from_the_executed_notebook(tmp_path):
+    from nbformat.v4 import new_output
+
+    cell = new_code_cell("x")
+    cell.outputs = [new_output("stream", name="stderr", text=(
+        "train:   0%|          | 0/4 [00:00<?, ?it/s]\rtrain:  50%|#####     | 2/4 [00:01<00:01,"
+        " 1.9it/s]\rtrain: 100%|##########| 4/4 [00:02<00:00, 2.0it/s]\n")),
+        new_output("stream", name="stdout", text="accuracy 0.91\n50% of 4 | kept\n")]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[cell]), path)
+    assert runner.strip_progress(path) == 3
+    outs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert len(outs) == 1 and outs[0]["text"] == "accuracy 0.91\n50% of 4 | kept\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,36 @@ def render_html(ipynb: Path) -> Path:
     out = ipynb.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
+
+
+# A text progress bar as tqdm draws it: "desc:  40%|####      | 4/10 [00:01<00:02, 2.9it/s]"
+_BAR = re.compile(r"\d+%\|.*\|\s*\d+/\d+|\|\s*\d+/\d+\s*\[|^\s*\d+it \[")
+
+
+def strip_progress(ipynb: Path) -> int:
+    """Remove progress-bar redraws from an executed notebook's stream outputs (they are for
+    the live log of `dvc repro`; in the notebook and its HTML they are noise).  Keeps every
+    other line; returns how many bar lines were removed."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    removed = 0
+    for cell in nb.cells:
+        keep = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream":
+                lines = re.split(r"[\r\n]", out["text"])
+                kept = [ln for ln in lines if not _BAR.search(ln)]
+                removed += len(lines) - len(kept)
+                text = "\n".join(ln for ln in kept if ln.strip())
+                if not text:
+                    continue
+                out["text"] = text + "\n"
+            keep.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = keep
+    nbformat.write(nb, ipynb)
+    return removed
 
 
 def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike | None = None,
@@ -81,6 +112,7 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
             os.environ.pop("ADVLAB_ROOT", None)
         else:
             os.environ["ADVLAB_ROOT"] = env_root
+    strip_progress(dest)
     if html:
         render_html(dest)
     return dest
@@ -116,7 +148,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", help="notebook name, e.g. 00_baselines")
     ap.add_argument("--profile", choices=params_mod.PROFILES, default=None)
-    ap.add_argument("--out-dir", default=None)
+    ap.add_argument("--out-dir", default=None,
+                    help="default outputs/STAGE (results in results/STAGE); anywhere else, "
+                         "the results are written beside the notebook")
     ap.add_argument("--no-html", action="store_true")
     ap.add_argument("--quiet", action="store_true", help="do not echo cell outputs")
     args = ap.parse_args(argv)
