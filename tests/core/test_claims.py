@@ -144,3 +144,10 @@ def test_an_accuracy_of_zero_still_has_an_upper_bound():
     assert lo == 0.0 and 0.15 < hi < 0.18
     lo, hi = claims_mod.wilson_interval(20, 20)
     assert hi == 1.0 and 0.82 < lo < 0.85
+
+
+def test_an_uninformative_comparison_is_inconclusive_either_way():
+    c = Claims("x")
+    for cid, m in (("win", 5.0), ("loss", -5.0)):
+        r = c.check(cid, "s", "p", m, ">", 0, uninformative="both at chance level")
+        assert r.verdict == "inconclusive" and "uninformative: both at chance" in r.note

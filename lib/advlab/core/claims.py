@@ -100,17 +100,24 @@ class Claims:
 
     def check(self, id: str, statement: str, paper: str, measured: float, op: str,
               threshold: float, unit: str = "", note: str = "", interval=None,
-              interval_kind: str = "", kind: str = "headline", caveat: str = "") -> Claim:
+              interval_kind: str = "", kind: str = "headline", caveat: str = "",
+              uninformative: str = "") -> Claim:
         """Record a claim whose verdict is ``measured <op> threshold``, decided with its
         ``interval`` when one is given (see the module docstring).  ``caveat``: a failed
         check the claim rests on (e.g. gradient masking on its robust model); a claim that
-        would hold becomes inconclusive, and the caveat joins the note."""
+        would hold becomes inconclusive, and the caveat joins the note.  ``uninformative``:
+        why the measurement cannot decide either way (e.g. both arms at chance level); the
+        claim is inconclusive whatever the number, and the reason joins the note."""
         measured = float(measured)
         iv = None if interval is None else [float(interval[0]), float(interval[1])]
         v = verdict(measured, op, threshold, iv)
         if caveat:
             note = f"{note}; caveat: {caveat}" if note else f"caveat: {caveat}"
             v = "inconclusive" if v == "holds" else v
+        if uninformative:
+            note = f"{note}; uninformative: {uninformative}" if note else \
+                f"uninformative: {uninformative}"
+            v = "inconclusive"
         return self._add(Claim(id, statement, paper, measured, f"measured {op} {threshold:g}",
                                v == "holds", unit, note, v, kind, iv, interval_kind))
 
