@@ -9,7 +9,8 @@ Three layers, one folder each (this map and the README's agree with the tree; a 
                params + schema + knobs/ (every knob declared once), run (the runner),
                notebook (the one setup call), stages (the registry; renders dvc.yaml), scaffold
     papers/    one module per paper, named like its stage's slug (05_mad -> papers/mad.py):
-               regional, awp, mad, aae_anomaly: the paper's own method, figures and widgets
+               regional, awp, flat_minima, weight_backdoor, mad, ib_features, adml, acav,
+               aae_anomaly: the paper's own method, figures and widgets
 
 Rules: papers never import papers; ``core`` never imports ``papers`` or ``pipeline``;
 ``pipeline`` imports ``core`` only inside functions.  A helper moves from a paper to ``core``

@@ -5,6 +5,9 @@
     model = run.make_model(arch, seed, **model_kwargs)      # registry model on run.device
     ckpt = run.work_checkpoint("at-s0", config, code=[awp]) # resumable, keyed by config + code
     notebook.show_source(awp.awp_perturbation)              # the method where the lesson teaches it
+    notebook.check_matches("one AWP step", ours, library)  # from-scratch == library, or fail
+    notebook.say(f"The robust model keeps {acc:.0%} ...")   # a sentence computed from the run
+    if run.live: display(awp.landscape_explorer(...))       # widgets only in a live kernel
     ...
     run.savefig(fig, "training_curves")
     run.save_claims(claims)                                 # results/<stage>/claims.json
@@ -63,6 +66,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     metrics: dict = field(default_factory=dict)
     claims: object = None
+    live: bool = False  # a person is using a live kernel: build the widgets (see is_live)
 
     def __post_init__(self):
         self.results_dir = Path(self.results_dir or self.out_dir)
@@ -212,6 +216,58 @@ def code_digest(code=()) -> str:
     return h.hexdigest()
 
 
+PIPELINE_ENV = "ADVLAB_PIPELINE"
+
+
+def is_live() -> bool:
+    """True in a live Jupyter kernel a person is using; False under the pipeline (the runner
+    sets ``$ADVLAB_PIPELINE``, which papermill's kernel inherits) and outside IPython.  Widgets
+    are built only when this is True: they need a person to move them."""
+    if os.environ.get(PIPELINE_ENV):
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return False
+    # a Jupyter kernel's shell (a terminal IPython or plain Python has no widgets to show)
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def check_matches(what: str, ours, reference, atol: float = 1e-6, rtol: float = 1e-5) -> float:
+    """Check that a from-scratch computation in the lesson equals the library version that
+    does the heavy runs (tensors, arrays or numbers of the same shape).  Prints the largest
+    absolute difference; raises ``AssertionError`` naming ``what`` when they differ beyond
+    ``atol + rtol * |reference|``.  Returns the largest difference."""
+    a = torch.as_tensor(ours).detach().double().cpu()
+    b = torch.as_tensor(reference).detach().double().cpu()
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: from-scratch shape {tuple(a.shape)} differs from the "
+                             f"library's {tuple(b.shape)}")
+    diff = (a - b).abs()
+    worst = float(diff.max()) if diff.numel() else 0.0
+    ok = bool(torch.all(diff <= atol + rtol * b.abs()))
+    if not ok:
+        raise AssertionError(f"{what}: the from-scratch version differs from the library's "
+                             f"(max |diff| = {worst:.3g} > atol {atol:g} + rtol {rtol:g})")
+    print(f"✓ {what}: the from-scratch version matches the library (max |diff| = {worst:.2g})")
+    return worst
+
+
+def say(text: str) -> str:
+    """Show ``text`` (Markdown, usually an f-string of the run's numbers) as prose in the
+    notebook and its HTML.  Sentences that state a result are written this way, never typed
+    into a markdown cell, so they cannot contradict the run.  Returns the text."""
+    try:
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    except ImportError:  # pragma: no cover - outside IPython
+        print(text)
+    return text
+
+
 def show_source(*objs, title: str | None = None):
     """Display the source of library functions, classes or methods as highlighted code, so a
     notebook shows its method's real code where the lesson teaches it (and the code a student
@@ -281,6 +337,7 @@ def setup(stage: str, namespace: dict, threads: int | None = None) -> Run:
     except ImportError:  # plotting is optional for library users
         pass
     run = Run(stage, p, root, out_dir, device, Path(results) if results else None)
+    run.live = is_live()
     print(f"{stage}: profile={p['profile']}  device={device}  threads={torch.get_num_threads()}"
           f"  outputs -> {out_dir}")
     return run

@@ -31,12 +31,50 @@ def _kernel_name() -> str:
         return "python3"
 
 
+# $$display$$ before $inline$; a dollar escaped as \$ or inside `code` is not math.
+_MATH = re.compile(r"(?<![\\$])\$\$(.+?)\$\$|(?<![\\$])\$(?!\s)([^$\n]+?)(?<!\s)\$(?!\d)",
+                   re.S)
+_CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
+
+
+def math_to_mathml(markdown: str) -> str:
+    """``markdown`` with every ``$...$`` and ``$$...$$`` replaced by MathML, which browsers
+    render with no script and no network (the exported HTML would otherwise fetch MathJax from
+    a CDN and show raw LaTeX offline).  Code spans and blocks are left alone."""
+    from latex2mathml.converter import convert
+
+    def one(m):
+        tex, display = (m.group(1), "block") if m.group(1) is not None else (m.group(2), "inline")
+        try:
+            return convert(tex.strip(), display=display)
+        except Exception:  # noqa: BLE001 - leave what latex2mathml cannot parse as written
+            return m.group(0)
+
+    out, last = [], 0
+    for c in _CODE.finditer(markdown):
+        out.append(_MATH.sub(one, markdown[last:c.start()]))
+        out.append(c.group(0))
+        last = c.end()
+    out.append(_MATH.sub(one, markdown[last:]))
+    return "".join(out)
+
+
 def render_html(ipynb: Path) -> Path:
+    """``STAGE.html`` beside the executed notebook: equations as MathML (markdown cells and
+    markdown outputs), no MathJax script, so the file renders offline."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(ipynb, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = math_to_mathml(cell.source)
+        for out in cell.get("outputs", []):
+            md = out.get("data", {}).get("text/markdown")
+            if md is not None:
+                out["data"]["text/markdown"] = math_to_mathml(md)
+    body, _ = HTMLExporter(mathjax_url="").from_notebook_node(nb)
+    body = re.sub(r'<script[^>]*src="(?:[^"]*[Mm]ath[Jj]ax[^"]*)?"[^>]*>\s*</script>', "", body)
     out = ipynb.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
@@ -97,6 +135,7 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     os.environ["ADVLAB_ROOT"] = str(root)
     os.environ["ADVLAB_RESULTS_DIR"] = str(results_dir)  # the kernel inherits these
     os.environ.setdefault("ADVLAB_PROGRESS", "text")
+    os.environ["ADVLAB_PIPELINE"] = "1"  # notebook.is_live() is False: no widgets
     try:
         pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
                             language="python",

@@ -2,9 +2,11 @@
 
 Creates, consistently named after the stage (and refuses to overwrite anything):
 
-- ``notebooks/NN_slug.ipynb``: the lesson frame every paper notebook follows (question, method,
-  what we run, parameters, setup, data, the method in the library, experiment, table against
-  the paper, verdict, reading the verdict, explore, exercises, saving), running end to end;
+- ``notebooks/NN_slug.ipynb``: the lesson frame every paper notebook follows (question and
+  learning goals, the method and the method from scratch checked against the library,
+  parameters, the experiment, what the run shows, the verdict, explore it yourself, summary,
+  graded exercises, reproduction notes, saving), running end to end; ``tests/test_lessons.py``
+  checks the frame;
 - ``lib/advlab/papers/slug.py``: the paper's module, with the docstring template (paper,
   official code, deviations, shapes) and a placeholder method;
 - ``lib/advlab/pipeline/knobs/slug.py``: its knob declarations;
@@ -26,8 +28,7 @@ from .params import STAGE_RE, section_of
 
 KNOBS = {"n_train_per_class": (100, "Int(1)", 10), "epochs": (2, "Int(1)", 1),
          "batch_size": (64, "Int(1)", None), "lr": (0.05, "Float(0, 10)", None),
-         "eps": (0.1, "Float(0, 1)", None), "n_eval_per_class": (50, "Int(1)", 5),
-         "interactive": (False, "Bool()", None)}
+         "eps": (0.1, "Float(0, 1)", None), "n_eval_per_class": (50, "Int(1)", 5)}
 
 
 def _module(slug, paper):
@@ -58,7 +59,7 @@ def placeholder_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _knobs(slug, paper):
     body = "\n".join(f'    "{k}": {decl},' for k, (_, decl, _s) in KNOBS.items())
     return f'''"""Knobs of the {slug} stage ({paper})."""
-from ..schema import Bool, Float, Int
+from ..schema import Float, Int
 
 KNOBS = {{
 {body}
@@ -92,52 +93,43 @@ def _notebook(stage, slug, paper):
     md, code = (lambda t: _cell("markdown", t)), (lambda t: _cell("code", t))
     values = {"profile": "default", "seed": 0, "dataset": "fashion_mnist", "device": "auto",
               **{k: v for k, (v, _, _) in KNOBS.items()}, "out_dir": None}
-    params_src = "\n".join(f"{k} = {v!r}" for k, v in values.items())
+    params_src = "\n".join(f"{k} = {v!r}".ljust(28) + f"# {COMMENTS[k]}"
+                           for k, v in values.items())
     cells = [
         md(f"# {stage[:2]} · <Title>\n\n*{paper}. <Full citation; official code: "
            "`owner/repository`.>*\n\n**The question.** <What does the paper ask, and why "
-           "should a student care?>\n\n**Learning goals.** After this notebook you can: <1>; "
-           "<2>; <3>."),
+           "should a student care?>\n\n**What you will learn.**\n\n- <1>\n- <2>\n- <3>\n\n"
+           "**Time.** <N> minutes on a 2-core laptop (default profile)."),
         md("## The method\n\n<The method as the official code computes it, with its equation "
-           "($\\LaTeX$).>\n\n**What we run.** <The CPU-scale plan, and every deviation from the "
-           "paper.>"),
+           "($\\LaTeX$ renders offline in the HTML export).>\n\n### The method from scratch\n\n"
+           "<10-20 readable lines that build the method, then a check that the library "
+           "version (which does the heavy runs) computes the same thing.>"),
         _cell("code", params_src, tags=["parameters"]),
-        code(f'''from advlab.core import data, evaluation, training
-from advlab.core.claims import Claims
-from advlab.papers import {slug}
-from advlab.pipeline import notebook
-
-run = notebook.setup("{stage}", globals())
-info = run.info'''),
-        md("## Data"),
-        code('''split = data.train_val_test(dataset, n_train_per_class, 0, n_eval_per_class, seed,
-                            root=run.data_dir)
-x_train, y_train = split["train"]
-x_eval, y_eval = split["test"]
-print(f"{len(x_train)} training and {len(x_eval)} evaluation images")'''),
-        md("## The method in the library\n\nThe code below is the code that runs:"),
-        code(f"notebook.show_source({slug}.placeholder_score)"),
-        md("## The experiment"),
-        code('''model = run.make_model("small_cnn")
-cfg = training.TrainConfig(epochs, batch_size, lr, seed=seed)
-training.fit(model, (x_train, y_train), training.Method("standard"), cfg,
-             checkpoint=run.work_checkpoint("model", vars(cfg)), desc="train")
-model.eval()
-clean_acc = evaluation.accuracy(model, x_eval, y_eval)
-print(f"clean accuracy {clean_acc:.3f}")'''),
-        md("## The table, with the paper's numbers beside ours"),
-        md("## Reproduction verdict\n\n<The paper's claims, each computed from the run above.>"),
-        code(f'''claims = Claims("{stage}")
-claims.check("placeholder_above_chance", "Placeholder: the model beats chance",
-             "replace with the paper's claim and number", clean_acc, ">", 1 / info.num_classes)
-run.save_claims(claims)
-claims'''),
-        md("**Reading the verdict.** <Why each claim holds or not at this scale.>"),
-        md("## Explore it yourself\n\nWith `interactive = True` (in JupyterLab) <a widget>."),
-        md("## Exercises\n\n1. <A question that needs the run's numbers.>\n2. <A change of one "
-           "knob, with a prediction to check.>"),
-        md("## Saving"),
-        code('''run.save_metrics({"clean_acc": clean_acc}, headline=("clean_acc",))'''),
+        code(SETUP.format(stage=stage, slug=slug)),
+        code(FROM_SCRATCH.format(slug=slug)),
+        md("## The experiment\n\n<What we run, at what scale, and why that scale answers the "
+           "question.>"),
+        code(DATA),
+        code(TRAIN),
+        md("## What the run shows\n\n<One figure per message, axis labels with units; the "
+           "sentence that reads it is computed from the run:>"),
+        code(READING),
+        md("## Does the paper's claim hold?\n\n<Each claim with the paper's number, ours with "
+           "its interval, and the verdict: holds, does not hold, or inconclusive.>"),
+        code(CLAIMS.format(stage=stage)),
+        md("## Explore it yourself\n\n<The question the widget helps answer.>  The explorer "
+           "appears when you run this notebook in JupyterLab (not under the pipeline); it "
+           "updates when you release a slider."),
+        code(EXPLORE.format(slug=slug)),
+        md("## Summary\n\n- <What the run showed, in three sentences a student can repeat.>"),
+        md("## Exercises\n\n1. (★) <A question answered from this run's outputs.> *Expect:* "
+           "<what the student should see.>\n2. (★) <A one-knob edit in the parameters cell.> "
+           "*Expect:* <...>\n3. (★★) <...> *Expect:* <...>\n4. (★★★) <A change to the "
+           "from-scratch code.> *Expect:* <...>"),
+        md("## Appendix: reproduction notes\n\n**Faithful to the official code:** <...>\n\n"
+           "**Deviations at this scale:** <each one, and why>."),
+        md("## Saving the run\n\nThe headline numbers go to `results/`, for `dvc metrics show`."),
+        code(SAVE),
     ]
     nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python (advlab)",
                                                       "language": "python", "name": "advlab"},
@@ -146,6 +138,65 @@ claims'''),
     for i, c in enumerate(nb["cells"]):
         c["id"] = str(i)
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+COMMENTS = {"profile": "default | smoke | paper (the runner sets it)",
+            "seed": "seeds data order, initialisation and attacks",
+            "dataset": "fashion_mnist | mnist5k | cifar10 (paper profile)",
+            "device": "auto | cpu | cuda",
+            "n_train_per_class": "training images per class",
+            "epochs": "training epochs", "batch_size": "images per step",
+            "lr": "SGD learning rate", "eps": "L-inf attack budget, pixels in [0, 1]",
+            "n_eval_per_class": "evaluation images per class (stratified)",
+            "out_dir": "None: scratch/ (the runner sets outputs/<stage>)"}
+
+SETUP = '''from advlab.core import data, evaluation, training
+from advlab.core.claims import Claims
+from advlab.papers import {slug}
+from advlab.pipeline import notebook
+
+run = notebook.setup("{stage}", globals())
+info = run.info'''
+
+FROM_SCRATCH = '''import torch
+
+def margin_from_scratch(logits, y):
+    """True-class logit minus the best other logit, one number per example."""
+    rows = torch.arange(len(y))
+    others = logits.clone()
+    others[rows, y] = float("-inf")
+    return logits[rows, y] - others.max(dim=1).values
+
+logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
+notebook.check_matches("the margin", margin_from_scratch(logits, y),
+                       {slug}.placeholder_score(logits, y))'''
+
+DATA = '''split = data.train_val_test(dataset, n_train_per_class, 0, n_eval_per_class, seed,
+                            root=run.data_dir)
+x_train, y_train = split["train"]
+x_eval, y_eval = split["test"]
+print(f"{len(x_train)} training and {len(x_eval)} evaluation images")'''
+
+TRAIN = '''model = run.make_model("small_cnn")
+cfg = training.TrainConfig(epochs, batch_size, lr, seed=seed)
+training.fit(model, (x_train, y_train), training.Method("standard"), cfg,
+             checkpoint=run.work_checkpoint("model", vars(cfg)), desc="train")
+model.eval()
+clean_acc = evaluation.accuracy(model, x_eval, y_eval)'''
+
+READING = '''notebook.say(f"The model classifies **{clean_acc:.1%}** of the {len(x_eval)} "
+             "evaluation images correctly.")'''
+
+CLAIMS = '''claims = Claims("{stage}")
+claims.check("placeholder_above_chance", "Placeholder: the model beats chance",
+             "replace with the paper's claim and number", clean_acc, ">", 1 / info.num_classes)
+run.save_claims(claims)
+claims'''
+
+EXPLORE = '''if run.live:  # a person in JupyterLab: build the explorer (skipped by the pipeline)
+    notebook.say("<display({slug}.<name>_explorer(...)) here>")'''
+
+SAVE = '''run.save_metrics({"clean_acc": clean_acc}, headline=("clean_acc",))'''
 
 
 def _yaml_section(slug, values, comment):

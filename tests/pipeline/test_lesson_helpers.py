@@ -1,0 +1,40 @@
+"""The helpers every lesson uses: the from-scratch check, live-kernel detection, computed
+prose, and equations that render offline in the exported HTML."""
+import pytest
+import torch
+
+from advlab.pipeline import notebook
+from advlab.pipeline.run import math_to_mathml
+
+
+def test_check_matches_passes_within_tolerance_and_reports_the_difference(capsys):
+    a = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    worst = notebook.check_matches("demo", a + 1e-8, a)
+    assert worst == pytest.approx(1e-8, rel=1e-3)
+    assert "matches the library" in capsys.readouterr().out
+
+
+def test_check_matches_fails_naming_what_differs():
+    with pytest.raises(AssertionError, match="one PGD step.*max \\|diff\\| = 0.5"):
+        notebook.check_matches("one PGD step", torch.tensor([1.0, 2.5]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(AssertionError, match="shape"):
+        notebook.check_matches("x", torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_not_live_under_the_pipeline_or_outside_a_kernel(monkeypatch):
+    monkeypatch.delenv(notebook.PIPELINE_ENV, raising=False)
+    assert notebook.is_live() is False  # pytest is no Jupyter kernel
+    monkeypatch.setenv(notebook.PIPELINE_ENV, "1")
+    assert notebook.is_live() is False
+
+
+def test_say_returns_the_text_it_shows():
+    assert notebook.say("accuracy **0.5**") == "accuracy **0.5**"
+
+
+def test_math_becomes_mathml_but_code_and_prices_do_not():
+    out = math_to_mathml(r"loss $\delta^2$, block $$\max_x f$$, price \$5, `a $b$ c`, 3$ 4$")
+    assert out.count("<math") == 2
+    assert 'display="block"' in out and 'display="inline"' in out
+    assert "`a $b$ c`" in out and r"\$5" in out and "3$ 4$" in out
+    assert "$" not in out.replace("`a $b$ c`", "").replace(r"\$5", "").replace("3$ 4$", "")
