@@ -1,5 +1,6 @@
 # The README's commands call these targets. Everything runs inside .venv (created here).
-#   make repro   environment + data + `dvc repro` on the default profile (the main job)
+#   make repro   environment + data + the pipeline on the default profile (the main job):
+#                stale stages two at a time, recorded by DVC exactly as `dvc repro` would
 #   make test    environment + data + the test suite (what CI runs)
 #   make lab     JupyterLab with the project's kernel
 SHELL := /bin/bash
@@ -42,7 +43,7 @@ data: setup $(FMNIST)
 	$(BIN)/python -m advlab data cache
 
 repro: data
-	$(BIN)/dvc repro
+	$(BIN)/python -m advlab repro --jobs 2
 
 test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,9 +1,11 @@
 """The pipeline end to end on the smoke profile, in a temporary clone of the repository, driven
 the way the README drives it:
 
-- every stage runs through `.venv/bin/dvc repro` with a PATH that holds no project interpreter
-  (DVC runs stage commands with the shell's PATH; `tools/advlab` must find the project's);
-- a second `dvc repro` runs nothing but the data check, and one knob invalidates only its stage;
+- every stage runs through `make repro`'s runner (`python -m advlab repro --jobs 2`: stale
+  stages two at a time, committed to DVC) with a PATH that holds no project interpreter (stage
+  commands run with the shell's PATH; `tools/advlab` must find the project's);
+- a second, plain `dvc repro` runs nothing but the data check (the parallel runner left DVC's
+  records exactly as `dvc repro` would), and one knob invalidates only its stage;
 - `dvc exp run -S <section>.<knob>=...` works for every section (Hydra's grammar rejects keys
   starting with a digit), and a queued experiment runs in a copy under .dvc/tmp/exps/, which
   needs data/ in DVC's cache;
@@ -71,7 +73,7 @@ def set_param(repo, file, section, key, value):
 def smoke_repo(tmp_path_factory):
     """A clone of the working tree (tracked + new files) on the smoke profile, set up as the
     README's setup command leaves it (data/ built and cached, a .venv: here a link to this
-    one), after one `dvc repro`, with the run committed."""
+    one), after one run of `make repro`'s runner, with the run committed."""
     if not (ROOT / "data" / "fashion_mnist").exists():
         pytest.skip("data/ missing: run `make data`")
     dest = tmp_path_factory.mktemp("workbook")
@@ -88,7 +90,8 @@ def smoke_repo(tmp_path_factory):
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "copy")
     sh(str(dest / ".venv" / "bin" / "python"), "-m", "advlab", "data", "cache", cwd=dest)
-    first = dvc(dest, "repro")
+    first = sh(str(dest / ".venv" / "bin" / "python"), "-m", "advlab", "repro", "--jobs", "2",
+               cwd=dest)
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "smoke run")
     return dest, first.stdout
@@ -125,7 +128,7 @@ def test_stages_ran_without_a_project_interpreter_on_path(smoke_repo):
     assert sh("sh", "-c", "command -v python || true", cwd=repo).stdout.strip() != \
         str(repo / ".venv" / "bin" / "python")
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first
+        assert f"  {stage}: started" in first and f"  {stage}: done in" in first, first
 
 
 def test_report_collects_every_stage_and_writes_results_md(smoke_repo):

@@ -1,6 +1,8 @@
 """The workbook's command line::
 
     python -m advlab run STAGE [--profile smoke]    run one stage's notebook (what DVC calls)
+    python -m advlab repro [--jobs 2] [STAGE...]     the stale stages, N at a time, recorded by
+                                                     DVC as `dvc repro` would (make repro)
     python -m advlab data fetch | verify | cache     build data/, check it against data.dvc,
                                                      store it in DVC's cache (for experiments)
     python -m advlab new-paper NN_slug "Title"       scaffold a new paper stage
@@ -13,7 +15,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"run": "advlab.pipeline.run", "data": "advlab.core.data",
+COMMANDS = {"run": "advlab.pipeline.run", "repro": "advlab.pipeline.parallel",
+            "data": "advlab.core.data",
             "new-paper": "advlab.pipeline.scaffold"}
 
 

@@ -292,9 +292,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+THREADS_ENV = "ADVLAB_THREADS"
+
+
 def set_threads(threads: int | None) -> int:
-    """Pin torch's CPU threads: ``threads`` if given, else at most the machine's cores.
-    Returns the number in force."""
+    """Pin torch's CPU threads: ``$ADVLAB_THREADS`` if set (the parallel runner gives each of
+    its concurrent stages one core), else ``threads`` if given, else at most the machine's
+    cores.  Returns the number in force."""
+    env = os.environ.get(THREADS_ENV)
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise params_mod.ParamsError(f"${THREADS_ENV} must be a positive integer; "
+                                         f"got {env!r}")
+        threads = int(env)
     n = threads or min(torch.get_num_threads(), os.cpu_count() or 1)
     torch.set_num_threads(max(1, int(n)))
     return torch.get_num_threads()
