@@ -115,9 +115,13 @@ def test_scorecard_tallies_kinds_and_verdicts(tmp_path):
     recs = load_all(tmp_path)
     t = claims_mod.tally(recs)
     assert t["headline"]["holds"] == 1 and t["mechanism"]["inconclusive"] == 1
-    md = claims_mod.scorecard_markdown(recs, "smoke")
+    md = claims_mod.scorecard_markdown(recs, "smoke", titles={"00_x": "Demo paper"},
+                                       link=lambda s: f"outputs/{s}/{s}.html")
     assert md.startswith("1 of 1 headline claims hold, 0 inconclusive")
-    assert "[-0.1, 0.3] (seed range)" in md and "*inconclusive*" in md
+    assert "## 00_x: Demo paper" in md and "(outputs/00_x/00_x.html)" in md
+    row = next(ln for ln in md.splitlines() if "mechanism inconclusive" in ln)
+    assert "0.1 [-0.1, 0.3]" in row and "| > 0 |" in row and "*inconclusive*" in row
+    assert "2. seed range" in md  # the interval's kind, as a note below the table
 
 
 def test_old_records_without_verdict_states_still_load(tmp_path):

@@ -270,24 +270,62 @@ def tally(records: list[dict]) -> dict:
     return out
 
 
-def scorecard_markdown(records: list[dict], profile: str) -> str:
-    """The scorecard as markdown: the tally by kind and verdict, then one table per stage
-    with each claim's number, interval, criterion and verdict."""
+def needed(c: dict) -> str:
+    """The bar a claim must clear, readable: ``> 0 pts`` from the criterion ``measured > 0``."""
+    crit = c.get("criterion", "")
+    bar = crit.replace("measured", "").strip()
+    unit = f" {c['unit']}" if c.get("unit") else ""
+    return f"{bar}{unit}" if bar else crit
+
+
+def ours_with_interval(c: dict) -> str:
+    """``0.612 [0.569, 0.654]`` (with the unit), or the bare number when no interval."""
+    c = c if isinstance(c, dict) else asdict(c)
+    if math.isnan(c["measured"]):
+        return "—"
+    unit = f" {c['unit']}" if c.get("unit") else ""
+    iv = c.get("interval")
+    return f"{c['measured']:.3g}{unit} [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else \
+        f"{c['measured']:.3g}{unit} (no interval)"
+
+
+def scorecard_markdown(records: list[dict], profile: str, titles: dict | None = None,
+                       link=None) -> str:
+    """The scorecard as markdown a student can read: the tally by kind and verdict, then one
+    section per paper (``titles``: stage -> heading; ``link``: stage -> URL of the notebook
+    that explains the verdicts) with one row per claim: what the paper says, what we measured
+    with its 95% interval, the bar it had to clear, and the verdict; notes and interval kinds
+    follow the table, so the table stays narrow."""
     t = tally(records)
     md = ["| claims | " + " | ".join(VERDICTS) + " |", "|---|" + "---|" * len(VERDICTS)]
     md += [f"| {k} | " + " | ".join(str(t[k][v]) for v in VERDICTS) + " |"
            for k in (*KINDS, "total")]
     head = t["headline"]
     lines = [f"{head['holds']} of {sum(head.values())} headline claims hold, "
-             f"{head['inconclusive']} inconclusive (profile: {profile}).", "", *md, ""]
+             f"{head['inconclusive']} inconclusive (profile: {profile}).", "",
+             "A claim **holds** when its whole interval clears the bar, **does not hold** when "
+             "its whole interval misses it, and is *inconclusive* when the interval straddles "
+             "the bar. Headline claims are the paper's results; mechanisms are diagnostics of "
+             "how a method works; sanity checks guard the measurement.", "", *md, ""]
     for r in records:
+        stage = r["stage"]
         n_h = sum(c["verdict"] == "holds" for c in r["claims"])
-        lines += [f"## {r['stage']}: {n_h}/{len(r['claims'])} claims hold", "",
-                  "| claim | kind | paper | ours | interval | criterion | verdict | note |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for c in r["claims"]:
-            lines.append(f"| {c['statement']} | {c.get('kind', 'headline')} | {c['paper']} | "
-                         f"{format_measured(c)} | {format_interval(c)} | {c['criterion']} | "
-                         f"{format_verdict(c['verdict'])} | {c.get('note', '')} |")
+        title = (titles or {}).get(stage, stage)
+        lines += [f"## {stage}: {title}", "",
+                  f"{n_h} of {len(r['claims'])} claims hold."
+                  + (f" Why each verdict came out as it did: [the notebook]({link(stage)})."
+                     if link else ""), "",
+                  "| # | claim | kind | the paper | we measured [95% interval] | needed | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        notes = []
+        for i, c in enumerate(r["claims"], 1):
+            lines.append(f"| {i} | {c['statement']} | {c.get('kind', 'headline')} | "
+                         f"{c['paper']} | {ours_with_interval(c)} | {needed(c)} | "
+                         f"{format_verdict(c['verdict'])} |")
+            extra = "; ".join(x for x in (c.get("interval_kind"), c.get("note")) if x)
+            if extra:
+                notes.append(f"{i}. {extra}")
+        if notes:
+            lines += ["", "Notes (interval, then details):", "", *notes]
         lines.append("")
     return "\n".join(lines)
