@@ -90,6 +90,30 @@ def _clear_outputs(root: Path, stage: str) -> None:
         (root / "RESULTS.md").unlink(missing_ok=True)
 
 
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _record(root: Path, jobs, threads, wall, timings, load_start) -> None:
+    """``results/pipeline_run.json``: this run's wall time, for the README's timing table
+    (``python tools/gen_dvc.py`` renders it).  Only a run that ran every stage it found stale
+    writes it, and a partial run (some stages up to date) says which stages it ran."""
+    import datetime
+    import json
+
+    stages_ran = sorted(timings)
+    (root / stages_mod.PIPELINE_RUN).parent.mkdir(exist_ok=True)
+    (root / stages_mod.PIPELINE_RUN).write_text(json.dumps({
+        "jobs": jobs, "threads": threads, "wall_seconds": round(wall, 1),
+        "date": datetime.date.today().isoformat(), "load_start": load_start,
+        "load_end": _load(), "stages_run": stages_ran,
+        "all_stages": len(stages_ran) == len(stages_mod.STAGES),
+        "process_seconds": timings}, indent=2) + "\n")
+
+
 def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
@@ -115,6 +139,8 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
     if threads:
         env["ADVLAB_THREADS"] = str(threads)
     done, failed, skipped = set(), set(), set()
+    timings: dict[str, float] = {}
+    load_start = _load()
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     t_start, last_beat = time.perf_counter(), time.perf_counter()
     while True:
@@ -150,6 +176,7 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
                 c = _dvc(root, "commit", "--force", n, check=False)
                 if c.returncode == 0:
                     done.add(n)
+                    timings[n] = round(time.perf_counter() - t0, 1)
                     print(f"  {n}: done in {took}", flush=True)
                     continue
                 print(f"  {n}: dvc commit failed: {c.stderr.strip()}", flush=True)
@@ -163,7 +190,10 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
             print("  ... running: " + ", ".join(
                 f"{n} {_fmt(time.perf_counter() - t0)}" for n, (_, t0, _) in running.items()),
                 flush=True)
-    total = _fmt(time.perf_counter() - t_start)
+    wall = time.perf_counter() - t_start
+    total = _fmt(wall)
+    if timings and not (failed or skipped):
+        _record(root, jobs, threads, wall, timings, load_start)
     if failed or skipped:
         print(f"advlab repro: {len(failed)} failed ({', '.join(sorted(failed))}), "
               f"{len(skipped)} not run because they need them; {total}", file=sys.stderr)

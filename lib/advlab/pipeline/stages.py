@@ -242,10 +242,51 @@ def blast_radius(root=None) -> str:
     return "\n".join(rows)
 
 
-def readme_with_blast_radius(text: str, root=None) -> str:
-    """``text`` (the README) with its generated block replaced by ``blast_radius()``."""
-    head, sep, rest = text.partition(README_BEGIN)
+# --------------------------------------------------------------------------- stage times
+TIMES_BEGIN = "<!-- BEGIN generated: stage times of the last run -->"
+PIPELINE_RUN = "results/pipeline_run.json"
+
+
+def timing_table(root=None) -> str:
+    """A markdown table of each stage's wall time in the committed run (``results/<stage>/
+    metrics.json``, measured by the stage itself) and the whole ``make repro`` (written by the
+    parallel runner to ``results/pipeline_run.json``), with the machine's load."""
+    import json
+
+    root = Path(root or repo_root())
+    rows = ["| stage | minutes | load at start / end |", "|---|---|---|"]
+    total = 0.0
+    for s in STAGES:
+        f = root / "results" / s.name / "metrics.json"
+        if not f.exists():
+            rows.append(f"| `{s.name}` | not run yet | |")
+            continue
+        m = json.loads(f.read_text())
+        total += m.get("elapsed_seconds", 0.0)
+        rows.append(f"| `{s.name}` | {m.get('elapsed_seconds', 0) / 60:.1f} | "
+                    f"{m.get('load_1m_start')} / {m.get('load_1m_end')} |")
+    rows.append(f"| all stages, one after another | {total / 60:.1f} | |")
+    run = root / PIPELINE_RUN
+    if run.exists():
+        r = json.loads(run.read_text())
+        rows.append(f"| `make repro` ({r['jobs']} at a time, {r.get('threads') or 'default'} "
+                    f"thread(s) each), {r['date']} | {r['wall_seconds'] / 60:.1f} | "
+                    f"{r.get('load_start')} / {r.get('load_end')} |")
+    return "\n".join(rows)
+
+
+def _replace_block(text: str, begin: str, body: str) -> str:
+    head, sep, rest = text.partition(begin)
     _, sep2, tail = rest.partition(README_END)
     if not (sep and sep2):
-        raise ValueError(f"README lacks the markers {README_BEGIN!r} ... {README_END!r}")
-    return f"{head}{README_BEGIN}\n{blast_radius(root)}\n{README_END}{tail}"
+        raise ValueError(f"README lacks the markers {begin!r} ... {README_END!r}")
+    return f"{head}{begin}\n{body}\n{README_END}{tail}"
+
+
+def readme_with_blast_radius(text: str, root=None) -> str:
+    """``text`` (the README) with its generated blocks replaced: ``blast_radius()`` and, where
+    the README has its markers, ``timing_table()``."""
+    text = _replace_block(text, README_BEGIN, blast_radius(root))
+    if TIMES_BEGIN in text:
+        text = _replace_block(text, TIMES_BEGIN, timing_table(root))
+    return text
