@@ -14,10 +14,10 @@ PIPQUIET := grep -v -E "^WARNING: Location .* is ignored" || true
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup data repro test test-fast lab bench lint strip clean help
+.PHONY: setup data repro seeds test test-fast lab bench lint strip clean help
 
 help:
-	@echo "make repro | test | test-fast | lab | bench | lint | strip | clean"
+	@echo "make repro | seeds | test | test-fast | lab | bench | lint | strip | clean"
 
 $(BIN)/.stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ data: setup $(FMNIST)
 
 repro: data
 	$(BIN)/python -m advlab repro --jobs 2
+
+# Seeds as queued DVC experiments (each in its own copy of the repo) and SEEDS.md over them:
+#   make seeds SEEDS="1 2" STAGES="02_awp 09_aae_anomaly"   (STAGES empty: the whole pipeline)
+SEEDS ?= 1 2
+STAGES ?=
+seeds: data
+	$(BIN)/python -m advlab seeds $(SEEDS) $(if $(STAGES),--stages $(STAGES))
 
 test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ the way the README drives it:
   needs data/ in DVC's cache;
 - corrupt data stops `dvc repro` before any stage runs, naming the file, and data.dvc is
   never rewritten;
+- a seed sweep runs through the queue (`python -m advlab seeds`) and SEEDS.md shows each seed;
 - metrics are versioned by git: `dvc metrics diff HEAD` and `dvc exp show` compare runs.
 Also: a failing notebook names its cell."""
 import json
@@ -204,6 +205,19 @@ def test_queued_experiment_runs_in_a_copy_and_shows_its_metrics(smoke_repo):
     exp = next(e for e in exps if e["name"] == "only-baselines")
     metrics = exp["revs"][0]["data"]["metrics"]["results/99_report/metrics.json"]["data"]
     assert metrics["stages"] == 1   # the report of the experiment saw only 00_baselines
+
+
+def test_seed_sweep_runs_through_the_queue_and_reports_every_seed(smoke_repo):
+    repo, _ = smoke_repo
+    sh(str(repo / ".venv" / "bin" / "python"), "-m", "advlab", "seeds", "1", "--stages",
+       "01_regional", cwd=repo)
+    try:
+        md = (repo / "SEEDS.md").read_text()
+        assert "| seed 0 | seed 1 |" in md and "## 01_regional" in md
+        rows = [ln for ln in md.splitlines() if ln.startswith("| ") and " of 2 |" in ln]
+        assert rows, md  # every claim of the stage, seen on both seeds
+    finally:
+        (repo / "SEEDS.md").unlink(missing_ok=True)
 
 
 def test_corrupt_data_stops_repro_before_any_stage_and_keeps_data_dvc(smoke_repo):

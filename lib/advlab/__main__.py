@@ -3,6 +3,8 @@
     python -m advlab run STAGE [--profile smoke]    run one stage's notebook (what DVC calls)
     python -m advlab repro [--jobs 2] [STAGE...]     the stale stages, N at a time, recorded by
                                                      DVC as `dvc repro` would (make repro)
+    python -m advlab seeds 1 2 [--stages S...]      seeds as queued DVC experiments, and
+                                                     SEEDS.md: every claim over the seeds
     python -m advlab data fetch | verify | cache     build data/, check it against data.dvc,
                                                      store it in DVC's cache (for experiments)
     python -m advlab new-paper NN_slug "Title"       scaffold a new paper stage
@@ -16,6 +18,7 @@ import importlib
 import sys
 
 COMMANDS = {"run": "advlab.pipeline.run", "repro": "advlab.pipeline.parallel",
+            "seeds": "advlab.pipeline.seeds",
             "data": "advlab.core.data",
             "new-paper": "advlab.pipeline.scaffold"}
 
