@@ -128,7 +128,7 @@ def seeds_markdown(collected: dict[int, dict[str, dict]]) -> str:
                   "| claim | " + " | ".join(f"seed {s}" for s in seeds)
                   + " | mean ± sd [min, max] | holds on |",
                   "|---|" + "---|" * len(seeds) + "---|---|"]
-        for cid, per in claims.items():
+        for per in claims.values():
             vals = [per[s]["measured"] for s in seeds if s in per
                     and not math.isnan(per[s]["measured"])]
             n = len(vals)
