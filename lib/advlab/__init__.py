@@ -4,12 +4,13 @@ Three layers, one folder each (this map and the README's agree with the tree; a 
 
     core/      ML building blocks shared by two or more stages:
                data, models, attacks, training, evaluation, claims, plots, widgets,
-               weights (weight-space helpers: AWP, flat minima, backdoors), pruning, progress
+               weights (weight-space helpers: AWP, flat minima, backdoors), pruning, progress,
+               distributed (data-parallel training under torchrun)
     pipeline/  running notebooks, no training code at import time:
                params + schema + knobs/ (every knob declared once), run (the runner),
                notebook (the one setup call), stages (the registry; renders dvc.yaml),
                parallel (make repro: stale stages N at a time), seeds (seed sweeps
-               through DVC's queue), scaffold
+               through DVC's queue), train (one model, data-parallel), scaffold
     papers/    one module per paper, named like its stage's slug (05_mad -> papers/mad.py):
                regional, awp, flat_minima, weight_backdoor, mad, ib_features, adml, acav,
                aae_anomaly: the paper's own method, figures and widgets

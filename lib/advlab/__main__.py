@@ -8,6 +8,7 @@
     python -m advlab data fetch | verify | cache     build data/, check it against data.dvc,
                                                      store it in DVC's cache (for experiments)
     python -m advlab new-paper NN_slug "Title"       scaffold a new paper stage
+    torchrun --nproc_per_node N -m advlab train ...  train one model data-parallel (GPU labs)
 
 DVC's stages call it through ``tools/advlab``, which finds the project's interpreter even when
 DVC was started as ``.venv/bin/dvc`` without an activated environment.
@@ -18,7 +19,7 @@ import importlib
 import sys
 
 COMMANDS = {"run": "advlab.pipeline.run", "repro": "advlab.pipeline.parallel",
-            "seeds": "advlab.pipeline.seeds",
+            "seeds": "advlab.pipeline.seeds", "train": "advlab.pipeline.train",
             "data": "advlab.core.data",
             "new-paper": "advlab.pipeline.scaffold"}
 

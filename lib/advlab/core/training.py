@@ -149,7 +149,8 @@ class TrainingHook:
 class TrainConfig:
     """Optimisation settings.  ``schedule``: 'piecewise' (x0.1 at each fraction in
     ``milestones`` of the epochs), 'cosine' or 'constant'.  ``warmup_epochs`` of FGSM-RS
-    before PGD-AT (0 = none)."""
+    before PGD-AT (0 = none).  ``amp`` and ``channels_last`` act on CUDA only (ignored on
+    CPU, where they do not help)."""
 
     epochs: int = 5
     batch_size: int = 128
@@ -160,6 +161,8 @@ class TrainConfig:
     milestones: tuple = (0.5, 0.75)
     seed: int = 0
     warmup_epochs: int = 0
+    amp: bool = False            # CUDA only: bfloat16 autocast for the attack and the loss
+    channels_last: bool = False  # CUDA only: NHWC memory layout (faster convolutions)
 
     def lr_at(self, epoch: int) -> float:
         if self.schedule == "constant":
@@ -221,8 +224,19 @@ def fit(model, train: tuple, method: Method, config: TrainConfig, *,
     and its numbers go into the history row.  If ``checkpoint`` exists and its config matches,
     training resumes after the last completed epoch (weights, optimizer, hooks, RNG, history).
     """
+    from . import distributed
+
     x, y = train
     dev = next(model.parameters()).device
+    cuda = dev.type == "cuda"
+    layout = torch.channels_last if (config.channels_last and cuda) else torch.contiguous_format
+    if layout is torch.channels_last:
+        model.to(memory_format=layout)
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (config.amp and cuda) \
+        else contextlib.nullcontext
+    ddp = distributed.active()
+    net = distributed.wrap(model) if ddp else model   # the loss goes through DDP
+    lead = distributed.rank() == 0                    # progress and checkpoints: rank 0 only
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)
     cfg_meta = {"method": asdict(method), "train": asdict(config)}
@@ -255,26 +269,36 @@ def fit(model, train: tuple, method: Method, config: TrainConfig, *,
         nb = math.ceil(len(x) / config.batch_size)
         bar = progress_bar(batches(x, y, config.batch_size, shuffle=True, generator=gen),
                            total=nb, desc=f"{desc} {epoch + 1}/{config.epochs}",
-                           disable=not progress, leave=False)
+                           disable=not (progress and lead), leave=False)
         for xb, yb in bar:
-            xb, yb = xb.to(dev), yb.to(dev)
-            x_adv = ep_method.adversarial(model, xb, yb)
+            n_global = len(yb)
+            if ddp:
+                xb, yb = distributed.shard(xb, yb)
+            xb = xb.to(dev).contiguous(memory_format=layout)
+            yb = yb.to(dev)
+            with amp():
+                x_adv = ep_method.adversarial(model, xb, yb)  # plain model: no gradient sync
             for h in hooks:
                 h.before_update(model, xb, x_adv, yb, ep_method.loss)
-            loss = ep_method.loss(model, xb, x_adv, yb)
+            with amp():
+                loss = ep_method.loss(net, xb, x_adv, yb)
+            # DDP averages gradients over processes: weight each share by its size so the
+            # update is the global batch's mean-loss gradient, as in one process
+            scale = len(yb) * distributed.world_size() / n_global if ddp else 1.0
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale).backward()
             opt.step()
             for h in hooks:
                 h.after_update(model)
             tot_loss += loss.item() * len(yb)
             n += len(yb)
+        tot_loss, n = distributed.all_sum(tot_loss), distributed.all_sum(n)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": tot_loss / n,
                "epoch_seconds": time.perf_counter() - t0}
         if epoch_callback is not None:
             row.update(epoch_callback(model, epoch + 1) or {})
         history.append(row)
-        if checkpoint is not None:
+        if checkpoint is not None and lead:
             save_checkpoint(checkpoint, model, {**meta, "epoch": epoch + 1, "history": history},
                             opt, {"hooks": [h.state_dict() for h in hooks], "rng": _rng_state()})
     model.eval()
