@@ -275,6 +275,55 @@ def timing_table(root=None) -> str:
     return "\n".join(rows)
 
 
+# --------------------------------------------------------------------------- instructors
+LESSONS_BEGIN = "<!-- BEGIN generated: the lessons, from the notebooks -->"
+
+
+def lesson_outline(stage: str, root=None) -> dict:
+    """A notebook's title, learning goals and exercises (level and first sentence), read from
+    its lesson frame (see tests/test_lessons.py)."""
+    import json
+    import re
+
+    root = Path(root or repo_root())
+    cells = json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
+    md = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    first = md[0] if md else ""
+    title = first.splitlines()[0].lstrip("# ").split(" · ", 1)[-1] if first else stage
+    goals = first.split("**What you will learn.**", 1)[-1].split("**Time.**")[0] \
+        if "**What you will learn.**" in first else ""
+    goals = [" ".join(g.split()) for g in re.split(r"^\s*- ", goals.strip(), flags=re.M)
+             if g.strip()]
+    ex_text = next((m for m in md if m.startswith("## Exercises")), "")
+    exercises = []
+    for item in re.split(r"^\d+\.\s", ex_text, flags=re.M)[1:]:
+        level = re.match(r"\((★+)\)", item.strip())
+        body = re.sub(r"^\(★+\)\s*", "", item.strip())
+        exercises.append({"level": len(level.group(1)) if level else 0,
+                          "task": " ".join(re.split(r"(?<=[.?!])\s", body, maxsplit=1)[0]
+                                           .split())})
+    return {"title": title, "goals": goals, "exercises": exercises}
+
+
+def lessons_table(root=None) -> str:
+    """Markdown: per notebook, its time in the committed run, what it teaches and its
+    exercises (★ easy, ★★ medium, ★★★ hard)."""
+    import json
+
+    root = Path(root or repo_root())
+    rows = ["| notebook | minutes | what you will learn | exercises |", "|---|---|---|---|"]
+    for st in STAGES:
+        if st.name == REPORT:
+            continue
+        o = lesson_outline(st.name, root)
+        f = root / "results" / st.name / "metrics.json"
+        mins = f"{json.loads(f.read_text())['elapsed_seconds'] / 60:.0f}" if f.exists() else "?"
+        goals = "; ".join(o["goals"]) or "(lesson frame pending)"
+        ex = "<br>".join(f"{'★' * e['level']} {e['task']}" for e in o["exercises"]) or "—"
+        rows.append(f"| `{st.name}` {o['title']} | {mins} | {goals} | {ex} |")
+    return "\n".join(rows)
+
+
 def _replace_block(text: str, begin: str, body: str) -> str:
     head, sep, rest = text.partition(begin)
     _, sep2, tail = rest.partition(README_END)
@@ -289,4 +338,6 @@ def readme_with_blast_radius(text: str, root=None) -> str:
     text = _replace_block(text, README_BEGIN, blast_radius(root))
     if TIMES_BEGIN in text:
         text = _replace_block(text, TIMES_BEGIN, timing_table(root))
+    if LESSONS_BEGIN in text:
+        text = _replace_block(text, LESSONS_BEGIN, lessons_table(root))
     return text
