@@ -13,6 +13,7 @@ failure, strict, so a notebook that reaches the frame fails the suite until it l
 """
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -29,14 +30,14 @@ INTERNAL = re.compile(r"UNVERIFIED|\bthe spec\b|\bspec's\b|\b[AB]\d\b|TODO|FIXME
 NUMBER = re.compile(r"(?<![\w.$\\])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
 
 
-def cells(stage):
-    nb = json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())
+def cells(stage, path=None):
+    nb = json.loads(Path(path or ROOT / "notebooks" / f"{stage}.ipynb").read_text())
     return [(c["cell_type"], "".join(c["source"]), c.get("metadata", {}).get("tags", []))
             for c in nb["cells"]]
 
 
-def lesson_problems(stage) -> list[str]:
-    cs = cells(stage)
+def lesson_problems(stage, path=None) -> list[str]:
+    cs = cells(stage, path)
     md = [s for k, s, _ in cs if k == "markdown"]
     code = [s for k, s, _ in cs if k == "code"]
     params = next((s for k, s, t in cs if "parameters" in t), "")
@@ -86,7 +87,24 @@ def test_paper_notebook_is_a_lesson(stage):
     assert not problems, f"{stage}:\n  " + "\n  ".join(problems)
 
 
-def test_the_checks_can_fail():
-    """A notebook with a typed result, an unlabelled exercise and no from-scratch check is
-    caught (guards the checker itself against asserting nothing)."""
-    assert len(lesson_problems("01_regional")) >= 3
+def test_the_checks_can_fail(tmp_path):
+    """A notebook with a typed result, an unlabelled exercise, an uncommented knob, a long cell
+    and no from-scratch check is caught (guards the checker against asserting nothing)."""
+    def cell(kind, text, tags=()):
+        return {"cell_type": kind, "source": text, "metadata": {"tags": list(tags)}}
+
+    nb = {"cells": [
+        cell("markdown", "# 42 · Demo\n\n**The question.** Why?\n\n**What you will learn.**\n- x"),
+        cell("code", "eps = 0.1\nseed = 0  # seeds", ["parameters"]),
+        cell("markdown", "## The method\n\nThe robust model keeps 61.2% of its accuracy (A1)."),
+        cell("code", "\n".join(f"x{i} = {i}" for i in range(30))),
+        cell("markdown", "## Summary\n\n- s\n\n## Exercises\n\n1. Do this.\n"
+                         "2. (★) And this. *Expect:* a change."),
+        cell("markdown", "## Appendix: reproduction notes\n\nnone")]}
+    path = tmp_path / "42_demo.ipynb"
+    path.write_text(json.dumps(nb))
+    problems = "\n".join(lesson_problems("42_demo", path))
+    for expected in ("2 exercises", "without a level", "knob without a comment: 'eps = 0.1'",
+                     "a code cell of 30 lines", "no from-scratch method",
+                     "'A1'", "typed into prose that no code cell holds: '61.2%'"):
+        assert expected in problems, (expected, problems)
