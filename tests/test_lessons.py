@@ -27,7 +27,7 @@ NOT_YET = {"00_baselines", "01_regional", "02_awp", "05_mad", "09_aae_anomaly",
 MAX_CODE_LINES = 25
 HEADINGS = ("## The method", "## Summary", "## Exercises", "## Appendix: reproduction notes")
 INTERNAL = re.compile(r"UNVERIFIED|\bthe spec\b|\bspec's\b|\b[AB]\d\b|TODO|FIXME|<[A-Z0-9][^>]*>")
-NUMBER = re.compile(r"(?<![\w.$\\])(\d+\.\d+|\d+(?:\.\d+)?\s?%)")
+NUMBER = re.compile(r"(?<![\w.$\\])(\d+(?:\.\d+)?\s?%|\d+\.\d+)")
 
 
 def cells(stage, path=None):
