@@ -237,3 +237,55 @@ def test_ocsvm_rejects_about_nu_and_far_points():
     out = aae.ocsvm_outliers(z, nu=0.05)
     assert out[-2:].all()
     assert 0.02 <= out.float().mean().item() <= 0.10
+
+
+# --------------------------------------------------------------------------- the notebook's helpers
+def _tiny_detectors(seed=0):
+    """AE / AAE / ITSR fitted for one epoch per phase on 40 random 4x4 'normals' + 4 bright
+    'anomalies', scored on 20 test images (labels 0 = normal, 1 = anomaly, 2 = other)."""
+    g = torch.Generator().manual_seed(seed)
+    x_tr = torch.cat([0.3 * torch.rand(40, 1, 4, 4, generator=g),
+                      0.7 + 0.3 * torch.rand(4, 1, 4, 4, generator=g)])
+    x_te = torch.cat([0.3 * torch.rand(10, 1, 4, 4, generator=g),
+                      0.7 + 0.3 * torch.rand(10, 1, 4, 4, generator=g)])
+    y_te = torch.tensor([0] * 10 + [1] * 6 + [2] * 4)
+    exp = aae.Experiment(hidden=8, ae_latent=2, aae_latent=2, ae_epochs=1, aae_epochs=1,
+                         itsr=aae.ITSRConfig(1, 1, 1, 1, nu=0.1),
+                         settings=aae.TrainSettings(batch_size=16, seed=seed))
+    return aae.fit_detectors(x_tr, x_te, exp, progress=False), y_te
+
+
+def test_latent_explorer_rethresholds_on_each_update():
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    det, y_te = _tiny_detectors()
+    w = aae.latent_explorer({"toy": (det, 1)}, y_te, 0, ["n", "a", "o"], display=False)
+    first = dict(w.result)
+    assert first["setting"] == "toy" and first["method"] == "itsr" and 0 <= first["bacc"] <= 1
+    setting, method, rec_pct, lik_pct = w.kwargs_widgets
+    assert not rec_pct.continuous_update and not lik_pct.continuous_update
+    rec_pct.value = 50.0          # a lower reconstruction threshold flags at least as many
+    assert w.result["rec_pct"] == 50.0 and w.result["n_flagged"] >= first["n_flagged"]
+    assert w.result != first
+    method.value = "aae"
+    assert w.result["method"] == "aae"
+
+
+def test_per_seed_difference_and_summary_value_on_a_hand_made_table():
+    import pandas as pd
+
+    rows = [{"data": "d", "seed": s, "anomaly": an, "test": "observed", "alpha": a,
+             "detector": det, "bacc": b, "tpr": b, "tnr": b, "auroc": b}
+            for s, an, a, det, b in [(0, "P", 0.01, "ITSR", 0.8), (0, "P", 0.01, "AAE", 0.7),
+                                     (0, "P", 0.05, "ITSR", 0.6), (0, "P", 0.05, "AAE", 0.6),
+                                     (1, "P", 0.01, "ITSR", 0.9), (1, "P", 0.01, "AAE", 0.5),
+                                     (1, "P", 0.05, "ITSR", 0.7), (1, "P", 0.05, "AAE", 0.7)]]
+    df = pd.DataFrame(rows)
+    d = aae.per_seed_difference(df, ["P"], "observed", [0.01, 0.05], "ITSR", "AAE")
+    assert d.to_dict() == pytest.approx({0: 0.05, 1: 0.2})
+    s = aae.summarise(df)
+    assert aae.summary_value(s, "ITSR", "P", 0.01, "bacc") == pytest.approx(0.85)
+    assert math.isnan(aae.summary_value(s, "ITSR", "Q", 0.01, "bacc"))
+    assert aae.seed_stat([0.05, 0.2]).startswith("+0.125 ± 0.106 over 2 seeds")

@@ -265,3 +265,72 @@ def test_region_picker_builds_headless(setup):
     w = regional.region_picker({"g": g, "h": h}, x, y, t, [str(i) for i in range(5)],
                                {"center": [0.28], "random": [0.28]}, max_steps=5, display=False)
     assert w.children[0].value == "center"
+    first = dict(w.result)
+    assert first["mask"] == "center_28" and first["source"] == "g" and first["target"] == "h"
+    family, budget, index = w.children[:3]
+    assert not budget.continuous_update and not index.continuous_update
+    family.value = "none"       # the whole image: every pixel may move
+    assert w.result["mask"] == "none" and w.result != first
+    index.value = 1
+    assert w.result["index"] == 1
+
+
+# --------------------------------------------------------------------------- the experiment
+def test_region_set_names_seeds_and_fractions():
+    masks = {"center": [0.28], "random": [0.28, 0.45]}
+    mask_list, names, tensors, actual = regional.region_set(masks, 3, 8, 8, seed=5)
+    assert names == ["none", "center_28", "random_28", "random_45"]
+    assert mask_list[0] == ("none", 1.0) and actual["none"] == 1.0
+    # region k is drawn with seed + 101 k (the notebook's regions before the refactor)
+    assert torch.equal(tensors["random_45"], regional.region_masks("random", 0.45, 3, 8, 8,
+                                                                   seed=5 + 303))
+    assert actual["random_28"] == pytest.approx(round(0.28 * 64) / 64)
+
+
+def test_select_images_keeps_only_images_every_model_gets_right():
+    g, h = _model(0), _model(1)
+    torch.manual_seed(3)
+    x = torch.rand(60, 1, 8, 8)
+    y = g(x).argmax(1).detach()  # g is right on all; h only where it agrees
+    idx, n_correct = regional.select_images({"g": g, "h": h}, x, y, n=5, seed=0)
+    agree = (h(x).argmax(1) == y)
+    assert n_correct == int(agree.sum()) and len(idx) == min(5, n_correct)
+    assert bool(agree[idx].all()) and len(set(idx.tolist())) == len(idx)
+
+
+def test_attack_all_pairs_equals_one_attack_per_pair(setup):
+    g, h, x, y, t = setup
+    masks = {"center": [0.28]}
+    mask_list, names, tensors, _ = regional.region_set(masks, len(x), 8, 8, seed=0)
+    records, store, _ = regional.attack_all_pairs({"g": g, "h": h}, x, y, t, mask_list, names,
+                                                  tensors, step=0.05, max_steps=15,
+                                                  progress=False)
+    assert len(records) == 2 * len(names) * len(x)
+    for src, tgt, a, b in (("g", "h", g, h), ("h", "g", h, g)):
+        for k, name in enumerate(names):
+            one = regional.regional_attack(a, x, y, t, tensors[name], b, 0.05, 15)
+            rows = records[(records["source"] == src) & (records["mask"] == name)]
+            assert rows["success"].tolist() == one.oracle["target"].stopped.tolist()
+            assert rows["steps"].tolist() == one.oracle["target"].steps.tolist()
+            got = store[(src, tgt)].x_adv[k * len(x):(k + 1) * len(x)]
+            assert torch.allclose(got, one.oracle["target"].x_adv)
+
+
+def test_paired_long_keeps_only_pairs_where_both_succeeded():
+    import pandas as pd
+
+    base = {"source": "g", "target": "h", "l0": 1.0, "l2": 2.0, "linf": 0.5}
+    rows = [{**base, "image": 0, "mask": "none", "success": True},
+            {**base, "image": 1, "mask": "none", "success": True},
+            {**base, "image": 0, "mask": "center_16", "success": True, "l2": 1.0},
+            {**base, "image": 1, "mask": "center_16", "success": False},
+            {**base, "image": 2, "mask": "center_16", "success": True}]
+    long = regional.paired_long(pd.DataFrame(rows), ["center_16", "frame_16"])
+    l2 = long[long["norm"] == "l2"].set_index("attack")["value"]
+    assert l2.to_dict() == {"regional": 1.0, "whole image": 2.0}   # image 0 only
+    assert set(long["mask"]) == {"center_16"}
+
+
+def test_worst_value_is_nan_when_a_region_has_no_pairs():
+    assert regional.worst_value([0.1, 0.3]) == 0.3
+    assert math.isnan(regional.worst_value([0.1, float("nan")]))

@@ -8,8 +8,12 @@ import torch
 
 
 def image_grid(images, titles=None, ncols: int = 8, cmap="gray", scale: float = 1.4,
-               suptitle: str | None = None):
-    """Show [N, C, H, W] images in [0, 1] (or [N, H, W]) in a grid with optional titles."""
+               suptitle: str | None = None, title_colors=None, row_labels=None):
+    """Show [N, C, H, W] images in [0, 1] (or [N, H, W]) in a grid with optional titles.
+
+    ``title_colors``: one matplotlib colour per image (e.g. green = right, red = wrong);
+    ``row_labels``: one label per row, written left of the row.
+    """
     images = torch.as_tensor(images).detach().cpu()
     n = len(images)
     ncols = min(ncols, n)
@@ -26,35 +30,48 @@ def image_grid(images, titles=None, ncols: int = 8, cmap="gray", scale: float = 
             img = img.squeeze(-1) if img.shape[-1] == 1 else img
         ax.imshow(img.numpy(), cmap=cmap if img.ndim == 2 else None, vmin=0, vmax=1)
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            color = {} if title_colors is None else {"color": title_colors[i]}
+            ax.set_title(titles[i], fontsize=8, **color)
+    for r, label in enumerate(row_labels or []):
+        axes[r, 0].text(-0.08, 0.5, label, transform=axes[r, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
 
 
-def training_curves(histories: dict, keys=("train_loss",), xlabel="epoch", marks=None):
+def training_curves(histories: dict, keys=("train_loss",), xlabel="epoch", marks=None,
+                    titles=None, ylabels=None, marks_label=None):
     """One panel per key; one line per run in ``histories = {label: [row dicts]}``.
 
-    ``marks``: epochs to mark with a vertical dotted line (e.g. LR decays).
+    ``marks``: epochs to mark with a vertical dotted line (e.g. LR decays), named
+    ``marks_label`` in the legend;  ``titles`` / ``ylabels``: ``{key: text}`` for the panels
+    (default: the key with spaces).  The legend sits right of the last panel.
     """
+    titles, ylabels = titles or {}, ylabels or {}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for label, rows in histories.items():
             pts = [(r["epoch"], r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-        for m in marks or []:
-            ax.axvline(m, color="gray", ls=":", lw=1)
+        for j, m in enumerate(marks or []):
+            ax.axvline(m, color="gray", ls=":", lw=1,
+                       label=marks_label if (marks_label and j == 0) else None)
         ax.set_xlabel(xlabel)
-        ax.set_title(key.replace("_", " "))
-    axes.flat[0].legend(fontsize=8)
+        ax.set_title(titles.get(key, key.replace("_", " ")))
+        if key in ylabels:
+            ax.set_ylabel(ylabels[key])
+    axes.flat[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                         frameon=False)
     fig.tight_layout()
     return fig
 
 
-def per_class_bars(values: dict, class_names, ylabel="accuracy"):
-    """Grouped bars: ``values = {label: [K numbers]}``, one group per class."""
+def per_class_bars(values: dict, class_names, ylabel="accuracy", title: str | None = None):
+    """Grouped bars: ``values = {label: [K numbers]}``, one group per class; the legend sits
+    right of the bars, never over them."""
     k, labels = len(class_names), list(values)
     width = 0.8 / len(labels)
     fig, ax = plt.subplots(figsize=(max(6, 0.75 * k), 3.2))
@@ -64,20 +81,29 @@ def per_class_bars(values: dict, class_names, ylabel="accuracy"):
     ax.set_xticklabels(class_names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
 
-def eps_curves(curves: dict, epsilons, xlabel="eps (Linf)", ylabel="robust accuracy"):
-    """Robust accuracy vs eps, one line per model: ``curves = {label: [acc per eps]}``."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+def eps_curves(curves: dict, epsilons, xlabel="eps (Linf)", ylabel="robust accuracy",
+               title: str | None = None, mark: float | None = None,
+               mark_label: str = "training / evaluation eps"):
+    """Robust accuracy vs eps, one line per model: ``curves = {label: [acc per eps]}``;
+    ``mark``: an eps to mark with a dotted vertical line.  The legend sits right of the axes."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
     for label, accs in curves.items():
         ax.plot(epsilons, accs, marker="o", label=label)
+    if mark is not None:
+        ax.axvline(mark, color="gray", ls=":", lw=1, label=mark_label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

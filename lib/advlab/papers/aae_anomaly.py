@@ -604,9 +604,12 @@ def latent_panel(ax, z, groups: dict, th: Thresholds | None = None, lim: float |
 
 def latent_explorer(detectors: dict, y_test, normal: int, class_names, display: bool = True):
     """Widget: pick a trained setting, a method and the threshold percentiles; see the test
-    codes, the decision boundary (the T_prior circle) and the observed-anomaly BAcc.
+    codes, the decision boundary (the T_prior circle) and the observed-anomaly BAcc.  It only
+    re-thresholds stored scores (cheap) and updates when a slider is released.
 
-    ``detectors = {setting label: (fit_detectors output, anomaly class)}``.
+    ``detectors = {setting label: (fit_detectors output, anomaly class)}``.  Returns the
+    widget; after each update its ``result`` is ``{"setting", "method", "rec_pct",
+    "lik_pct", "n_flagged", "tpr", "tnr", "bacc", "auroc"}``.
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -629,11 +632,279 @@ def latent_explorer(detectors: dict, y_test, normal: int, class_names, display: 
             title=f"{setting}, {method}: BAcc {r['bacc']:.3f} (TPR {r['tpr']:.2f}, "
                   f"TNR {r['tnr']:.2f})")
         plt.show()
+        plt.close(fig)
+        return {"setting": setting, "method": method, "rec_pct": rec_pct, "lik_pct": lik_pct,
+                "n_flagged": int(flagged.sum()), **r}
 
     w = W.interactive(show, setting=list(detectors), method=["aae", "itsr"],
-                      rec_pct=W.FloatSlider(value=90, min=50, max=99.5, step=0.5),
-                      lik_pct=W.FloatSlider(value=10, min=0.5, max=50, step=0.5))
+                      rec_pct=W.FloatSlider(value=90, min=50, max=99.5, step=0.5,
+                                            continuous_update=False),
+                      lik_pct=W.FloatSlider(value=10, min=0.5, max=50, step=0.5,
+                                            continuous_update=False))
     if display:
         from IPython.display import display as ipy_display
         ipy_display(w)
     return w
+
+
+
+# --------------------------------------------------------------------------- the notebook's experiment
+DETECTOR_NAMES = {("ae", "rec"): "AE", ("aae", "rec"): "AAE-rec", ("aae", "lik"): "AAE-lik",
+                  ("aae", "combined"): "AAE", ("itsr", "rec"): "ITSR-rec",
+                  ("itsr", "lik"): "ITSR-lik", ("itsr", "combined"): "ITSR"}
+SUMMARY_KEYS = ["data", "anomaly", "test", "alpha", "detector"]
+
+
+def run_grid(name: str, train, test, class_names, normal: int, contaminants, alphas, n_normal,
+             seeds, experiment: Callable, checkpoints: Callable, device=None, data_tag=None):
+    """Train AE / AAE / ITSR for every seed x alpha x contaminating class (clean data once per
+    seed, tested against every contaminating class) and evaluate them on the observed
+    (normal + that class) and unobserved (normal + every other class) test sets.
+
+    ``train`` / ``test``: (x, y) tensors;  ``experiment(seed) -> Experiment``;
+    ``checkpoints(tag, config) -> (phase -> path)`` makes training resumable.  Returns
+    ``(rows, diagnostics, fitted)``: a DataFrame of per-seed results [data, seed, alpha,
+    contaminant, anomaly, test, method, rule, tpr, tnr, bacc, auroc, detector], a DataFrame
+    of ``itsr_diagnostics`` per run, and ``fitted[(seed, alpha, class or None)] =
+    (ContaminatedSet, fit_detectors output)``.
+    """
+    import pandas as pd
+
+    from ..core.progress import progress as bar
+
+    (x_tr, y_tr), (x_te, y_te) = train, test
+    rows, diags, fitted = [], [], {}
+    jobs = [(s, a, c) for s in seeds for a in alphas for c in (contaminants if a > 0 else [None])]
+    for s, a, c in bar(jobs, desc=f"{name} grid"):
+        cs = contaminate(x_tr, y_tr, normal, contaminants[0] if c is None else c, a, n_normal, s)
+        exp = experiment(s)
+        tag = f"{name}-{'clean' if c is None else c}-a{a}-s{s}"
+        det = fit_detectors(cs.x, x_te, exp, device=device, progress=False,
+                            checkpoint=checkpoints(tag, {"data": data_tag or name,
+                                                         "normal": normal, "n": n_normal,
+                                                         "exp": asdict(exp)}))
+        fitted[(s, a, c)] = (cs, det)
+        label = "none" if c is None else class_names[c]
+        for tc in (contaminants if c is None else [c]):
+            others = [k for k in range(len(class_names)) if k not in (normal, tc)]
+            for r in evaluate_detectors(det, y_te, normal, {"observed": [tc], "unobserved": others}):
+                rows.append({"data": name, "seed": s, "alpha": a, "contaminant": label,
+                             "anomaly": class_names[tc], **r})
+        diags.append({"data": name, "seed": s, "alpha": a, "contaminant": label,
+                      "n_train": len(cs.x), "n_anomalies": int(cs.is_anomaly.sum()),
+                      **itsr_diagnostics(det["itsr"]["itsr"], cs.is_anomaly)})
+    df = pd.DataFrame(rows)
+    df["detector"] = [DETECTOR_NAMES[(m, r)] for m, r in zip(df["method"], df["rule"])]
+    return df, pd.DataFrame(diags), fitted
+
+
+def summarise(df):
+    """Seed means and standard deviations of bacc / tpr / tnr / auroc per
+    (data, anomaly, test, alpha, detector), with the number of seeds."""
+    g = df.groupby(SUMMARY_KEYS)[["bacc", "tpr", "tnr", "auroc"]]
+    return g.mean().join(g.std().add_suffix("_std")).join(g.size().rename("n_seeds")).reset_index()
+
+
+def paper_table(summary, paper: dict, detectors=("AE", "AAE", "ITSR")):
+    """Our seed-mean BAcc (± std) next to the paper's, ``paper = {(data, anomaly, test,
+    alpha): {detector: BAcc}}`` (NaN where the paper gives no number), with TPR, TNR, AUROC."""
+    t = summary[summary["detector"].isin(detectors)].copy()
+    t["paper BAcc"] = [paper.get((d, a, te, al), {}).get(m, np.nan) for d, a, te, al, m in
+                       zip(t["data"], t["anomaly"], t["test"], t["alpha"], t["detector"])]
+    t["BAcc (ours)"] = [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}"
+                        for m, s in zip(t["bacc"], t["bacc_std"])]
+    t["alpha"] = [f"{a:.1%}" for a in t["alpha"]]
+    t = t.rename(columns={"tpr": "TPR", "tnr": "TNR", "auroc": "AUROC"})
+    order = {d: i for i, d in enumerate(detectors)}
+    t = t.sort_values(["anomaly", "test", "alpha", "detector"],
+                      key=lambda c: c.map(order) if c.name == "detector" else c)
+    return t.set_index(["anomaly", "test", "alpha", "detector"])[
+        ["BAcc (ours)", "paper BAcc", "TPR", "TNR", "AUROC", "n_seeds"]].round(3)
+
+
+def summary_value(summary, det, anomaly, alpha, col="auroc", test="observed") -> float:
+    """One number of ``summarise``'s table (NaN if that setting was not run)."""
+    r = summary[(summary["detector"] == det) & (summary["anomaly"] == anomaly)
+                & (summary["alpha"] == alpha) & (summary["test"] == test)]
+    return float(r[col].iloc[0]) if len(r) else float("nan")
+
+
+def per_seed_difference(df, anomalies, test, alphas, det_a, det_b):
+    """Per-seed BAcc(det_a) - BAcc(det_b), averaged over the given alphas and anomaly classes:
+    a Series indexed by seed."""
+    sub = df[df["anomaly"].isin(anomalies) & (df["test"] == test) & df["alpha"].isin(alphas)]
+    p = sub.pivot_table(index=["seed", "anomaly", "alpha"], columns="detector", values="bacc")
+    return (p[det_a] - p[det_b]).groupby("seed").mean()
+
+
+def seed_stat(values) -> str:
+    """'mean ± std over n seeds' (or 'mean (1 seed)') of per-seed values."""
+    v = np.asarray(values, dtype=float)
+    return (f"{v.mean():+.3f} ± {v.std(ddof=1):.3f} over {len(v)} seeds" if len(v) > 1
+            else f"{v.mean():+.3f} (1 seed)")
+
+
+def memorisation_figure(memo, class_names, anomaly_class: int, n_normal: int, alpha: float,
+                        normal: int = 0):
+    """Three panels against the epoch (log scale): the error ratio r (per seed and mean ± std),
+    the normals' and contaminants' training errors, and the test BAcc of the reconstruction
+    rule.  ``memo``: rows [seed, epoch, ratio, err_normal, err_anomaly, test_bacc]."""
+    import matplotlib.pyplot as plt
+
+    mean = memo.groupby("epoch")[["ratio", "err_normal", "err_anomaly", "test_bacc"]].agg(
+        ["mean", "std"])
+    ep = mean.index
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for _, g in memo.groupby("seed"):
+        axes[0].plot(g["epoch"], g["ratio"], color="gray", lw=0.8, alpha=0.6)
+        axes[2].plot(g["epoch"], g["test_bacc"], color="gray", lw=0.8, alpha=0.6)
+    axes[0].errorbar(ep, mean[("ratio", "mean")], mean[("ratio", "std")].fillna(0),
+                     marker="o", color="tab:red", label="mean over seeds (grey: each seed)")
+    axes[0].axhline(1, color="k", ls=":", lw=1, label="r = 1: learned as well as normals")
+    axes[0].set_ylabel("ratio r (contaminants / normals)")
+    for col, c, lab in (("err_normal", "tab:blue", f"normals ({class_names[normal]})"),
+                        ("err_anomaly", "tab:red", f"contaminants ({class_names[anomaly_class]})")):
+        axes[1].errorbar(ep, mean[(col, "mean")], mean[(col, "std")].fillna(0), marker="o",
+                         color=c, label=lab)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("mean training reconstruction error")
+    axes[2].errorbar(ep, mean[("test_bacc", "mean")], mean[("test_bacc", "std")].fillna(0),
+                     marker="o", color="tab:purple")
+    axes[2].set_ylabel("test BAcc (reconstruction rule)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch (log scale)")
+    for ax in axes[:2]:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
+    fig.suptitle(f"Plain AE on {n_normal} normals + {alpha:.0%} "
+                 f"{class_names[anomaly_class]}s, fixed learning rate")
+    fig.tight_layout()
+    return fig
+
+
+def bacc_vs_alpha(summary, title: str, normal_name: str):
+    """One panel per (observed anomaly class, test set): seed-mean BAcc ± std against the
+    contamination rate, for AE, the AAE's two signals (dotted) and their combination, and
+    ITSR; the legend sits right of the panels."""
+    import matplotlib.pyplot as plt
+
+    panels = summary[["anomaly", "test"]].drop_duplicates().sort_values(["anomaly", "test"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.3),
+                             squeeze=False, sharey=True)
+    style = {"AE": ("tab:gray", "-"), "AAE-rec": ("tab:blue", ":"),
+             "AAE-lik": ("tab:cyan", ":"), "AAE": ("tab:blue", "-"), "ITSR": ("tab:red", "-")}
+    for ax, (_, (anom, test)) in zip(axes.flat, panels.iterrows()):
+        sub = summary[(summary["anomaly"] == anom) & (summary["test"] == test)]
+        al = sorted(sub["alpha"].unique())
+        for det, (c, ls) in style.items():
+            d = sub[sub["detector"] == det].set_index("alpha").reindex(al)
+            ax.errorbar(range(len(al)), d["bacc"], d["bacc_std"].fillna(0), color=c, ls=ls,
+                        marker="o", ms=4, capsize=2, label=det)
+        ax.set_xticks(range(len(al)), [f"{a:.1%}" for a in al])
+        ax.set_xlabel("contamination rate alpha")
+        ax.set_title(f"{normal_name} vs {anom}: {test}", fontsize=9)
+        ax.axhline(0.5, color="k", lw=0.6, ls=":", label="chance")
+    axes.flat[0].set_ylabel("balanced accuracy")
+    axes.flat[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def latent_figure(det: dict, cs: ContaminatedSet, y_test, normal: int, anomaly: int,
+                  class_names, alpha: float):
+    """2 x 2 panels: AAE and ITSR (columns), training codes and observed test codes (rows), on
+    the prior's density with the T_prior circle; ITSR's rejected (w = 0) and pushed-away
+    (w < 0) training samples are marked."""
+    import matplotlib.pyplot as plt
+
+    te_idx, te_is_anom = test_split(y_test, normal, [anomaly])
+    w_final = det["itsr"]["itsr"].weights
+    fig, axes = plt.subplots(2, 2, figsize=(10, 10))
+    for col, m in enumerate(("aae", "itsr")):
+        d = det[m]
+        groups = {f"normal ({class_names[normal]})": (~cs.is_anomaly, {"c": "tab:blue", "alpha": 0.35}),
+                  f"contaminant ({class_names[anomaly]})": (cs.is_anomaly, {"c": "tab:red"})}
+        if m == "itsr":
+            groups["rejected by ITSR (w=0)"] = (w_final == 0, {"facecolors": "none",
+                                                               "edgecolors": "k", "s": 20,
+                                                               "lw": 0.6})
+            groups["pushed away (w<0)"] = (w_final < 0, {"c": "k", "marker": "x", "s": 20})
+        latent_panel(axes[0, col], d["train"]["z"], groups, d["th"],
+                     title=f"{m.upper()}: training codes (alpha = {alpha:.0%})")
+        latent_panel(axes[1, col], d["test"]["z"][te_idx], {
+            f"test {class_names[normal]}": (~te_is_anom, {"c": "tab:blue", "alpha": 0.3}),
+            f"test {class_names[anomaly]}": (te_is_anom, {"c": "tab:red", "alpha": 0.3})},
+            d["th"], title=f"{m.upper()}: observed test set")
+    for ax in axes.flat:
+        ax.set(xlabel="latent z1", ylabel="latent z2")
+    fig.tight_layout()
+    return fig
+
+
+def error_histograms(res: ITSRResult, is_anomaly, t_rec: float, anomaly_name: str):
+    """ITSR's training reconstruction errors at the end of pretraining and at the end, for the
+    normals and the contaminants (density histograms), with T_rec on the second panel."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3), sharey=True)
+    all_err = torch.cat([res.errors["pretrain"], res.errors["final"]])
+    bins = np.linspace(0, float(np.percentile(all_err.numpy(), 99.5)), 40)
+    for ax, phase, title in ((axes[0], "pretrain", "before refinement (end of pretraining)"),
+                             (axes[1], "final", "after ITSR")):
+        e = res.errors[phase]
+        ax.hist(e[~is_anomaly].numpy(), bins, density=True, alpha=0.6, color="tab:blue",
+                label=f"normals: mean {e[~is_anomaly].mean():.4f}")
+        if is_anomaly.any():
+            ax.hist(e[is_anomaly].numpy(), bins, density=True, alpha=0.6, color="tab:red",
+                    label=f"{anomaly_name}s: mean {e[is_anomaly].mean():.4f}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training reconstruction error (mean squared, pixels in [0, 1])")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("density")
+    axes[1].axvline(t_rec, color="k", ls="--", lw=1)
+    axes[1].text(t_rec, axes[1].get_ylim()[1] * 0.9, " T_rec", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reading(summary, diag, anomalies, alphas, pull: str, nu: float, a2_holds: bool) -> str:
+    """Markdown lines reading the run (seed means): the AAE's likelihood vs reconstruction
+    AUROC per setting, why the combined rule fails on clean data when it does, and, per
+    contaminated setting, what ITSR's refinement found and did to the errors."""
+    val = summary_value
+    lines = ["**Reading of this run** (seed means):", ""]
+    for anom in anomalies:
+        lines.append(f"* T-shirt vs {anom}, AAE AUROC likelihood / reconstruction: " + "; ".join(
+            f"{val(summary, 'AAE-lik', anom, a):.2f} / {val(summary, 'AAE-rec', anom, a):.2f} "
+            f"at alpha {a:.0%}" for a in alphas) + ".")
+    clean_lik = [val(summary, "AAE-lik", a, 0.0) for a in anomalies if 0.0 in alphas]
+    if clean_lik and max(clean_lik) < 0.6:
+        lines.append("  On clean data the likelihood signal is no better than chance (AUROC "
+                     f"{', '.join(f'{v:.2f}' for v in clean_lik)}): anomalies the encoder never "
+                     "saw are mapped *into* the bulk of the normal codes, not into the prior's "
+                     "tails, so the combined rule only adds false alarms (TNR "
+                     f"{val(summary, 'AAE', pull, 0.0, 'tnr'):.2f} vs "
+                     f"{val(summary, 'AAE-rec', pull, 0.0, 'tnr'):.2f} for reconstruction alone)"
+                     + ("; this is why the combined rule does not beat the single signals here."
+                        if not a2_holds else "."))
+    dg = diag[diag["alpha"] > 0]
+    for (c, a), g in dg.groupby(["contaminant", "alpha"]):
+        lines.append(f"* ITSR, {c} at {a:.0%}: {g['n_candidates'].mean():.0f} of "
+                     f"{g['n_train'].mean():.0f} training images rejected, of which "
+                     f"{g['precision'].mean():.0%} are contaminants (base rate "
+                     f"{g['base_rate'].mean():.0%}); {g['recall'].mean():.0%} of the "
+                     f"{g['n_anomalies'].mean():.0f} contaminants were found; "
+                     f"{g['negative_precision'].mean():.0%} of the {g['n_negative'].mean():.0f} "
+                     "negatively weighted images are contaminants; contaminants' training error "
+                     f"{(g['err_anomaly_final'] / g['err_anomaly_pretrain'] - 1).mean():+.0%}, "
+                     f"normals' {(g['err_normal_final'] / g['err_normal_pretrain'] - 1).mean():+.0%}"
+                     " from the end of pretraining to the end.")
+    if len(dg) and dg["recall"].mean() < 0.5:
+        lines.append(f"  The OC-SVM (nu = {nu}, a bound on the fraction it rejects per round) "
+                     f"found {dg['recall'].mean():.0%} of the contaminants on average: a compact "
+                     "cluster of contaminants is not an *outlier* of the code distribution"
+                     + (", so the rejected images are mostly normals at its rim"
+                        if dg["precision"].mean() < 0.5 else "")
+                     + ", and the contaminants left in the training set keep being learned.")
+    return "\n".join(lines)

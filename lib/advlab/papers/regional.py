@@ -309,7 +309,7 @@ def gallery_figure(x0, y, rows: list, class_names, title: str = ""):
     import matplotlib.pyplot as plt
 
     G = len(x0)
-    fig, axes = plt.subplots(len(rows), 4 * G, figsize=(1.55 * 4 * G, 1.75 * len(rows) + 0.4),
+    fig, axes = plt.subplots(len(rows), 4 * G, figsize=(1.55 * 4 * G, 2.1 * len(rows) + 0.4),
                              squeeze=False)
     for r, row in enumerate(rows):
         nrm = lp_norms(row["x_adv"], x0)
@@ -345,7 +345,8 @@ def rate_heatmaps(rates: dict, vmax: float = 1.0, ncols: int = 5):
     n = len(rates)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.7 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 3.1 * nrows), squeeze=False)
+    fig.subplots_adjust(hspace=0.7)  # room for the rotated tick labels above the next titles
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, df) in zip(axes.flat, rates.items()):
@@ -373,9 +374,12 @@ def rate_heatmaps(rates: dict, vmax: float = 1.0, ncols: int = 5):
 def region_picker(models: dict, x, y, t, class_names, fracs: dict, step: float = 1 / 255,
                   max_steps: int = 250, seed: int = 0, display: bool = True):
     """An ipywidgets view: pick a family, a budget, an image and a (source, target) pair; the
-    attack runs live on that image and shows original, mask, perturbation and adversarial.
+    attack runs live on that image (when a slider is released or a menu changes, never on
+    every tick) and shows original, mask, perturbation and adversarial.
 
-    ``models``: {name: model};  ``fracs``: {family: [budgets]}.  Returns the widget.
+    ``models``: {name: model};  ``fracs``: {family: [budgets]}.  Returns the widget; after
+    each update its ``result`` is ``{"mask", "source", "target", "index", "flipped",
+    "steps", "l0", "l2", "linf"}``.
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
@@ -410,12 +414,270 @@ def region_picker(models: dict, x, y, t, class_names, fracs: dict, step: float =
                      f"L0 {nrm['l0']:.2f}  L2 {nrm['l2']:.2f}  Linf {nrm['linf']:.2f}",
                      fontsize=9)
         plt.show()
+        plt.close(fig)
+        return {"mask": mask_name(family, frac), "source": source, "target": target,
+                "index": index, "flipped": bool(rec.stopped), "steps": int(rec.steps), **nrm}
 
     w = W.interactive(show, family=W.Dropdown(options=[*FAMILIES, "none"], value="center"),
-                      budget=W.IntSlider(0, 0, 2), index=W.IntSlider(0, 0, len(x) - 1),
+                      budget=W.IntSlider(0, 0, 2, continuous_update=False),
+                      index=W.IntSlider(0, 0, len(x) - 1, continuous_update=False),
                       source=W.Dropdown(options=names, value=names[0]),
                       target=W.Dropdown(options=names, value=names[-1]))
     if display:
         from IPython.display import display as ipy_display
         ipy_display(w)
     return w
+
+
+# --------------------------------------------------------------------------- the experiment
+def region_set(masks: dict, n: int, h: int, w: int, seed: int):
+    """The experiment's regions: ``none`` (the whole image) then every (family, budget) of
+    ``masks = {family: [budgets]}``.
+
+    Returns ``(mask_list, names, tensors, actual)``: ``mask_list`` [(family, budget)],
+    ``names`` ['none', 'center_16', ...], ``tensors[name]`` {0, 1} [n, 1, h, w] (region ``k``
+    drawn with seed ``seed + 101 k``), ``actual[name]`` the mean fraction of pixels it covers.
+    """
+    mask_list = [("none", 1.0)] + [(fam, f) for fam, fracs in masks.items() for f in fracs]
+    names = [mask_name(fam, f) for fam, f in mask_list]
+    tensors = {name: region_masks(fam, f, n, h, w, seed=seed + 101 * k)
+               for k, (name, (fam, f)) in enumerate(zip(names, mask_list))}
+    actual = {name: m.flatten(1).mean(1).mean().item() for name, m in tensors.items()}
+    return mask_list, names, tensors, actual
+
+
+@torch.no_grad()
+def select_images(models: dict, x, y, n: int, seed: int):
+    """Up to ``n`` indices of ``x`` that every model classifies correctly, in a seeded random
+    order (the paper attacks images correct for both models).  Returns ``(idx, n_correct)``
+    with ``n_correct`` the number of images correct for all models."""
+    correct = torch.stack([_predict(m, x.to(next(m.parameters()).device), 1024).cpu() == y
+                           for m in models.values()]).all(0)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return order[correct[order]][:n], int(correct.sum())
+
+
+def masks_figure(x, tensors: dict, actual: dict):
+    """One image under every region (region pixels bright, the rest dimmed), titled with the
+    region's name and its actual pixel fraction.  ``x`` [C, H, W]; ``tensors[name]``
+    [n, 1, H, W]."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tensors), figsize=(1.3 * len(tensors), 1.8))
+    for ax, (name, m) in zip(axes, tensors.items()):
+        ax.imshow(x.mean(0) * (0.35 + 0.65 * m[0, 0]), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{name}\n{actual[name]:.1%}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def attack_all_pairs(zoo: dict, x, y, t, mask_list, names, tensors, step, max_steps,
+                     device="cpu", progress=True):
+    """Every ordered (source, target) pair of ``zoo`` x every region x every image: one
+    batched ``regional_attack`` per source (all regions in one batch, every other model a
+    target), plus the pure-transfer stop queried once per target (``fixed_budget_transfer``).
+
+    ``x, y, t``: the N attacked images [N, C, H, W], labels and targets [N];  ``tensors``:
+    ``region_set``'s masks.  Returns ``(records, store, seconds)``: ``records`` a DataFrame
+    with one row per (source, target, region, image) [success, steps, l0, l2, linf,
+    fixed_success, source_reached_t, background_share, ...]; ``store[(source, target)]`` its
+    ``StopRecord`` over the stacked batch (region-major: row ``k * N + i`` is region ``k``,
+    image ``i``); ``seconds[source]`` the attack's wall time.
+    """
+    import time
+
+    import numpy as np
+    import pandas as pd
+
+    N, R = len(x), len(names)
+    X, Y, T = x.repeat(R, 1, 1, 1).to(device), y.repeat(R).to(device), t.repeat(R).to(device)
+    M = torch.cat([tensors[n] for n in names]).to(device)
+    region = M.flatten(1).sum(1)
+    rows = {"mask": np.repeat(names, N), "family": np.repeat([f for f, _ in mask_list], N),
+            "budget": np.repeat([b for _, b in mask_list], N),
+            "actual": M.flatten(1).mean(1).cpu().numpy(), "image": np.tile(np.arange(N), R),
+            # share of the region that is black background (where darkening is clipped away)
+            "background_share": (((X == 0).all(1, keepdim=True) & (M > 0)).flatten(1).sum(1)
+                                 / region).cpu().numpy()}
+    frames, store, seconds = [], {}, {}
+    for src in zoo:
+        targets = {h: m for h, m in zoo.items() if h != src}
+        t0 = time.perf_counter()
+        res = regional_attack(zoo[src], X, Y, T, M, targets, step=step, max_steps=max_steps,
+                              track_source=True, progress=progress, desc=f"source {src}")
+        seconds[src] = time.perf_counter() - t0
+        for h, rec in res.oracle.items():
+            nrm = {k: v.cpu().numpy() for k, v in lp_norms(rec.x_adv, X).items()}
+            fixed = fixed_budget_transfer(res.source.x_adv, Y, zoo[h]).cpu().numpy()
+            frames.append(pd.DataFrame({
+                "source": src, "target": h, **rows, "success": rec.stopped.cpu().numpy(),
+                "steps": rec.steps.cpu().numpy(), **nrm, "fixed_success": fixed,
+                "source_reached_t": res.source.stopped.cpu().numpy()}))
+            store[(src, h)] = rec
+        print(f"source {src}: {seconds[src]:.0f} s, {res.active_steps / len(X):.0f} steps per "
+              "(region, image) on average")
+    cols = ["source", "target", "mask", "family", "budget", "actual", "image", "success",
+            "steps", "l0", "l2", "linf", "fixed_success", "source_reached_t",
+            "background_share"]
+    return pd.concat(frames, ignore_index=True)[cols], store, seconds
+
+
+def rate_matrix(records, order, col: str = "success"):
+    """Mean of ``col`` per (source, target): a DataFrame source x target in ``order``."""
+    return (records.pivot_table(index="source", columns="target", values=col, aggfunc="mean")
+            .reindex(index=order, columns=order))
+
+
+def paired_long(records, localized):
+    """Long table [mask, attack ('regional' | 'whole image'), norm, value] of the distortions
+    on the (source, target, image) triples where both the regional and the whole-image
+    attack succeeded, for each region in ``localized``."""
+    import pandas as pd
+
+    out = []
+    b = records[(records["mask"] == "none") & records["success"]]
+    for name in localized:
+        a = records[(records["mask"] == name) & records["success"]]
+        m = a.merge(b, on=["source", "target", "image"], suffixes=("", "_none"))
+        if not len(m):
+            continue
+        out += [pd.DataFrame({"mask": name, "attack": lab, "norm": nn, "value": m[col]})
+                for nn in ("l0", "l2", "linf")
+                for lab, col in (("regional", nn), ("whole image", f"{nn}_none"))]
+    cols = ["mask", "attack", "norm", "value"]
+    return pd.concat(out, ignore_index=True)[cols] if out else pd.DataFrame(columns=cols)
+
+
+def paired_norms_figure(long, localized):
+    """Three box-plot panels (L0, L2, Linf), regional vs whole image per region, on the
+    paired successes of ``paired_long``; x tick labels give the number of pairs."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    units = {"l0": "L0 (fraction of pixels)", "l2": "L2 (pixel units)",
+             "linf": "Linf (pixel units)"}
+    for ax, nn in zip(axes, units):
+        d = long[long["norm"] == nn]
+        if len(d):
+            sns.boxplot(d, x="mask", y="value", hue="attack", ax=ax, fliersize=1.5,
+                        order=localized)
+        ax.set_ylabel(units[nn])
+        ax.set_xlabel("")
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95),
+                   frameon=False)
+    n = {m: int(((long["mask"] == m) & (long["norm"] == "l0")).sum() // 2) for m in localized}
+    axes[-1].set_xticks(range(len(localized)), [f"{m}\n(n={n[m]})" for m in localized],
+                        fontsize=8)
+    axes[-1].set_xlabel("region (n = paired successes)")
+    fig.suptitle("Paired successes: regional vs whole-image distortion")
+    fig.tight_layout()
+    return fig
+
+
+def summary_table(records, mask_list, names, masks: dict, actual: dict, tests: dict,
+                  paper_figure: dict):
+    """One row per region: actual fraction, transfer (oracle and fixed budget), unpaired
+    medians of the norms and steps over successes, and the paired ratios and one-sided
+    Wilcoxon p-values of ``tests[(region, norm)]`` (``paired_lp_test``), with the paper's
+    ratio range (from ``paper_figure = {family: [(L0, L2, Linf) per image]}``) beside ours at
+    each family's smallest budget."""
+    import numpy as np
+    import pandas as pd
+
+    def paper_ratio(fam, j):
+        r = [m[j] / n[j] for m, n in zip(paper_figure[fam], paper_figure["none"])]
+        return f"{min(r):.2f}–{max(r):.2f}"
+
+    rows = []
+    for name, (fam, f) in zip(names, mask_list):
+        d = records[records["mask"] == name]
+        s = d[d["success"]]
+        loc, smallest = name != "none", name != "none" and f == masks[fam][0]
+        pt = {nn: tests.get((name, nn), {}) for nn in ("l0", "l2", "linf")}
+        rows.append({
+            "mask": name, "actual fraction": actual[name],
+            "transfer (oracle)": d["success"].mean(),
+            "paper: transfer": "0.76 (mean of localized)" if loc else "—",
+            "transfer (fixed budget)": d["fixed_success"].mean(),
+            "median L0": s["l0"].median(), "median L2": s["l2"].median(),
+            "median Linf": s["linf"].median(), "median steps": s["steps"].median(),
+            "n paired": pt["l2"].get("n_pairs", np.nan),
+            "L0 ratio": pt["l0"].get("median_ratio", np.nan),
+            "L2 ratio": pt["l2"].get("median_ratio", np.nan),
+            "paper: L2 ratio": paper_ratio(fam, 1) if smallest else "—",
+            "p(L2 lower)": pt["l2"].get("p_lower", np.nan),
+            "Linf ratio": pt["linf"].get("median_ratio", np.nan),
+            "paper: Linf ratio": paper_ratio(fam, 2) if smallest else "—",
+            "p(Linf lower)": pt["linf"].get("p_lower", np.nan)})
+    return pd.DataFrame(rows).set_index("mask")
+
+
+def why_table(records, localized, actual: dict, tests: dict):
+    """Per region: transfer, the paired median step ratio region / whole image, the L2 and
+    Linf ratios, the L2 break-even step ratio sqrt(m0 / m) (m = changed pixels), the share of
+    the region on black background, and the share of the region that changed."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    b = records[(records["mask"] == "none") & records["success"]]
+    for name in localized:
+        a = records[(records["mask"] == name) & records["success"]]
+        m = a.merge(b, on=["source", "target", "image"], suffixes=("", "_none"))
+        rows.append({
+            "mask": name, "family": name.split("_")[0], "actual": actual[name],
+            "transfer": records.loc[records["mask"] == name, "success"].mean(),
+            "step ratio": (m["steps"] / m["steps_none"]).median() if len(m) else np.nan,
+            "L2 ratio": tests[(name, "l2")]["median_ratio"],
+            "Linf ratio": tests[(name, "linf")]["median_ratio"],
+            "L2 break-even": np.sqrt(m["l0_none"] / m["l0"]).median() if len(m) else np.nan,
+            "background share": records.loc[records["mask"] == name,
+                                            "background_share"].mean(),
+            "changed / region": (a["l0"] / a["actual"]).median() if len(a) else np.nan})
+    return pd.DataFrame(rows).set_index("mask")
+
+
+def why_figure(why, none_rate: float, l0_none: float, paper_rate: float):
+    """Three panels against the region fraction: transfer (with the whole image's rate and
+    the paper's mean), the paired L2 / Linf ratios, and the step ratio with the L2 and Linf
+    break-even curves (``l0_none``: the whole-image attack's median L0)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for k, (fam, d) in enumerate(why.groupby("family", sort=False)):
+        color = f"C{k}"
+        axes[0].plot(d["actual"], d["transfer"], marker="o", color=color, label=fam)
+        axes[1].plot(d["actual"], d["L2 ratio"], marker="o", color=color, label=f"{fam} L2")
+        axes[1].plot(d["actual"], d["Linf ratio"], marker="s", ls="--", color=color,
+                     label=f"{fam} Linf")
+        axes[2].plot(d["actual"], d["step ratio"], marker="o", color=color, label=fam)
+    axes[0].axhline(none_rate, color="k", ls=":", lw=1, label="whole image")
+    axes[0].axhline(paper_rate, color="gray", ls="--", lw=1, label=f"paper mean {paper_rate}")
+    axes[0].set(xlabel="region (fraction of pixels)", ylabel="transfer rate", ylim=(0, 1.05),
+                title="transfer (oracle stop)")
+    axes[1].axhline(1, color="k", ls=":", lw=1, label="no change")
+    axes[1].set(xlabel="region (fraction of pixels)", ylabel="paired median ratio",
+                ylim=(0, None), title="distortion: region / whole image")
+    fr = np.linspace(0.12, 0.5, 50)
+    axes[2].plot(fr, np.sqrt(l0_none / fr), color="gray", ls="--", label="L2 break-even")
+    axes[2].axhline(1, color="k", ls=":", lw=1, label="Linf break-even")
+    axes[2].set(xlabel="region (fraction of pixels)", ylabel="paired median step ratio",
+                title="steps: region / whole image")
+    fig.tight_layout()
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2,
+                  frameon=False)
+    return fig
+
+
+def worst_value(values) -> float:
+    """The largest value; NaN (no paired data for some region) if any is NaN."""
+    values = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in values) else max(values)

@@ -42,5 +42,4 @@ KNOBS = {
     "mnist_anomaly_class": CLASS,
     "mnist_alphas": List(Float(0, 1, open_hi=True), min_len=1),
     "mnist_n_normal": Int(1, null=True),
-    "interactive": Bool(),
 }

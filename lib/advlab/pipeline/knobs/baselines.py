@@ -1,5 +1,5 @@
 """Knobs of 00_baselines (standard and PGD adversarial training)."""
-from ..schema import AUTOATTACK, MODEL, Bool, Choice, Float, Int
+from ..schema import AUTOATTACK, MODEL, Choice, Float, Int
 
 KNOBS = {
     "arch": Choice(MODEL),
@@ -20,5 +20,4 @@ KNOBS = {
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
     **AUTOATTACK,
-    "interactive": Bool(),
 }

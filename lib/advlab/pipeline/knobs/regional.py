@@ -1,5 +1,5 @@
 """Knobs of 01_regional (regional perturbations, Ozbulak et al. 2020)."""
-from ..schema import MODEL, Bool, Choice, Float, Int, List, Mapping
+from ..schema import MODEL, Choice, Float, Int, List, Mapping
 
 KNOBS = {
     "arch": List(Choice(MODEL), min_len=2),
@@ -14,5 +14,4 @@ KNOBS = {
     "max_steps": Int(1),
     "masks": Mapping(keys=Choice("center", "frame", "random")),
     "n_gallery": Int(1),
-    "interactive": Bool(),
 }
