@@ -21,7 +21,7 @@ from advlab.pipeline import stages
 
 from .conftest import ROOT
 
-NOT_YET = {"00_baselines", "01_regional", "02_awp", "05_mad", "09_aae_anomaly",
+NOT_YET = {"02_awp", "05_mad",
            "03_flat_minima", "04_weight_backdoor", "06_ib_features", "07_adml", "08_acav"}
 
 MAX_CODE_LINES = 25
@@ -57,12 +57,16 @@ def lesson_problems(stage, path=None) -> list[str]:
     if not any("notebook.check_matches(" in s for s in code):
         problems.append("no from-scratch method checked with notebook.check_matches")
     for s in code:
+        if s == params:  # the settings cell: one commented knob per line, however many
+            continue
         n = len(s.strip().splitlines())
         if n > MAX_CODE_LINES:
             problems.append(f"a code cell of {n} lines (> {MAX_CODE_LINES}): {s[:40]!r}")
     for line in params.splitlines():
         if re.match(r"^\w+\s*=", line) and "#" not in line:
             problems.append(f"knob without a comment: {line.strip()!r}")
+        if re.match(r"^\w+\s*=[^#]*;", line):
+            problems.append(f"two knobs on one line (papermill cannot parse it): {line!r}")
     if "interactive" in params:
         problems.append("an `interactive` knob: build widgets under `if run.live:` instead")
     for s in md:

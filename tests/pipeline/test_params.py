@@ -52,7 +52,6 @@ def test_unknown_overlay_key(repo):
     ("at_epochs", 2.5, "an integer"),
     ("device", "tpu", "one of \\['auto', 'cpu', 'cuda'\\]"),
     ("aa_version", "full", "one of \\['lite', 'standard'\\]"),
-    ("interactive", "yes", "true or false"),
 ])
 def test_bad_values_name_the_key(repo, key, value, match):
     section = "common" if key in ("dataset", "device") else "baselines"
@@ -60,6 +59,12 @@ def test_bad_values_name_the_key(repo, key, value, match):
     with pytest.raises(params.ParamsError, match=match) as e:
         params.resolve("00_baselines", root=repo)
     assert f"baselines.{key}:" in str(e.value)
+
+
+def test_a_switch_takes_only_true_or_false(repo):
+    edit(repo / "params.yaml", lambda d: d["aae_anomaly"].update(itsr_cumulative="yes"))
+    with pytest.raises(params.ParamsError, match="aae_anomaly.itsr_cumulative:.*true or false"):
+        params.resolve("09_aae_anomaly", root=repo)
 
 
 def test_knobs_without_a_naming_rule_are_checked_too(repo):
