@@ -328,3 +328,28 @@ def test_verdict_reading_and_summary_follow_the_numbers():
     s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
     assert "mad 7.5%, magnitude 30.0%" in s and "**magnitude** (30.0%)" in s
     assert "only moderately stable" in s and "0 of 1 headline claims and 0 of 2 claims" in s
+
+
+def test_figures_have_axis_labels_and_a_legend_outside():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"0": torch.randn(40, generator=g).double() * 1e-6,
+              "5": torch.randn(30, generator=g).double() * 1e-5}
+    fig = mad.plot_saliency(scores, {"0": "conv1", "5": "classifier"})
+    ax = fig.axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() and fig.axes[1].get_ylabel()
+    assert all(t == 0 or abs(t) >= 10 * 1e-9 for t in ax.get_yticks())   # no crowding near 0
+    sweep = pd.DataFrame([{"method": m, "sparsity": p, "pgd": a, "clean": a + 0.1}
+                          for m, a in (("mad", 0.1), ("magnitude", 0.3)) for p in (0.5, 0.9)])
+    fig2 = mad.plot_accuracy_vs_sparsity(sweep, {"pgd": 0.6, "clean": 0.75},
+                                         ["mad", "magnitude"], [0.5, 0.9], 20)
+    legend = fig2.axes[1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["mad", "magnitude", "dense"]
+    assert legend.get_bbox_to_anchor().x0 > fig2.axes[1].get_window_extent().x1 - 1
+    assert "%" in fig2.axes[0].get_ylabel()
+    plt.close("all")

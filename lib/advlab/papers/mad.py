@@ -563,7 +563,11 @@ def plot_saliency(scores: dict, labels: dict):
         idx = np.arange(start, start + v.numel())
         axes[0].scatter(idx, v.flatten().numpy(), s=1, label=labels[n], rasterized=True)
         start += v.numel()
-    axes[0].set_yscale("symlog", linthresh=max(1e-12, float(np.abs(allv).max()) * 1e-4))
+    lin = max(1e-12, float(np.abs(allv).max()) * 1e-4)
+    axes[0].set_yscale("symlog", linthresh=lin)
+    lo, hi = axes[0].get_ylim()
+    axes[0].set_yticks([t for t in axes[0].get_yticks() if t == 0 or abs(t) >= 10 * lin])
+    axes[0].set_ylim(lo, hi)   # no crowded tick labels around the linear band near 0
     axes[0].set_xlabel("parameter index (layers in network order)")
     axes[0].set_ylabel("MAD saliency (loss units, symlog)")
     axes[0].legend(markerscale=8, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0),
