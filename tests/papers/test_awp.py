@@ -311,3 +311,128 @@ def test_perturbed_model_is_attackable_and_equals_functional_forward():
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert all(torch.equal(t, before[k]) for k, t in net.state_dict().items())
     assert all(p.requires_grad for p in net.parameters())
+
+
+# --------------------------------------------------------------------------- lesson helpers
+def plain_awp_step(model, x_adv, y, gamma, opt):
+    """The notebook's from-scratch AWP step (plain torch), kept here to guard its check."""
+    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    grads = torch.autograd.grad(F.cross_entropy(model(x_adv), y), ws)
+    with torch.no_grad():
+        vs = [gamma * w.norm() * g / g.norm() for w, g in zip(ws, grads)]
+        for w, v in zip(ws, vs):
+            w += v
+    opt.zero_grad()
+    F.cross_entropy(model(x_adv), y).backward()
+    opt.step()
+    with torch.no_grad():
+        for w, v in zip(ws, vs):
+            w -= v
+    return vs
+
+
+def test_hooked_step_equals_the_plain_torch_step_and_restores_v():
+    from advlab.papers.awp import hooked_step
+
+    net = tiny_bn_net().train()
+    x, y = batch(16)
+    method = training.Method("pgd_at", eps=0.1, steps=2)
+    x_adv = method.adversarial(net, x, y)
+    ours, lib = copy.deepcopy(net), copy.deepcopy(net)
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    v_ours = plain_awp_step(ours, x_adv, y, 0.02, torch.optim.SGD(ours.parameters(), **kw))
+    v_lib = hooked_step(lib, torch.optim.SGD(lib.parameters(), **kw), method, x, x_adv, y, 0.02)
+    assert list(v_lib) == ["0.weight", "5.weight"]
+    for a, b in zip(v_ours, v_lib.values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert a.norm() > 0
+    for (k, a), b in zip(ours.named_parameters(), lib.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
+    # and a different gamma gives different weights (the check can fail)
+    other = copy.deepcopy(net)
+    hooked_step(other, torch.optim.SGD(other.parameters(), **kw), method, x, x_adv, y, 0.2)
+    assert not torch.allclose(other[0].weight, lib[0].weight)
+
+
+def test_claim_interval_bootstrap_for_one_seed_t_interval_for_several():
+    import numpy as np
+
+    from advlab.papers.awp import claim_interval
+
+    per_image = np.array([1, 0, 0, -1, 1, 1, 0, 0] * 10)
+    one = claim_interval([3.0], per_image)
+    assert "bootstrap over 80 test images" in one["interval_kind"]
+    lo, hi = one["interval"]
+    assert lo <= 100 * per_image.mean() <= hi
+    many = claim_interval([1.0, 2.0, 3.0], per_image)
+    assert "t-interval over 3 seeds" in many["interval_kind"]
+    assert many["interval"][0] < 2.0 < many["interval"][1]
+
+
+def test_per_seed_table_drop_and_gap_in_points():
+    import pandas as pd
+
+    from advlab.papers.awp import drop_of, per_seed_table, spread
+
+    rows = [{"method": m, "seed": 0, "checkpoint": c, "pgd20": acc, "gap": gap}
+            for m, c, acc, gap in (("AT", "best", 0.55, 0.2), ("AT", "last", 0.50, 0.3),
+                                   ("AT-AWP", "best", 0.56, 0.1), ("AT-AWP", "last", 0.57, 0.15))]
+    results = pd.DataFrame(rows)
+    assert drop_of(results, "AT", 0) == pytest.approx(5.0)
+    t = per_seed_table(results, [0])
+    assert t.loc[0, "AT-AWP drop"] == pytest.approx(-1.0)
+    assert t.loc[0, "AT gap"] == pytest.approx(30.0)
+    assert t.loc[0, "AT-AWP last"] == pytest.approx(57.0)
+    assert spread(t, "AT drop").startswith("1 seed, no spread: AT drop 5.0")
+
+
+def test_landscape_explorer_draws_on_the_button_not_on_a_slider_move():
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from advlab.papers.awp import landscape_explorer
+
+    nets = {"AT": tiny_bn_net().eval(), "AT-AWP": copy.deepcopy(tiny_bn_net()).eval()}
+    with torch.no_grad():
+        nets["AT-AWP"][5].weight.mul_(0.5)
+    before = {n: snapshot(m) for n, m in nets.items()}
+    x, y = batch(12)
+    box = landscape_explorer(nets, x, y, 0.1, steps=1, display=False)
+    first = box.curves
+    assert set(first) == {"AT", "AT-AWP"} and len(first["AT"]["loss"]) == 9
+    controls = box.children[0].children
+    seed_slider, amax, robust, button = controls
+    assert not seed_slider.continuous_update and not amax.continuous_update
+    seed_slider.value, amax.value, robust.value = 3, 2.0, True
+    assert box.curves is first                    # moving a control recomputes nothing
+    button.click()                                # the Draw button does
+    assert box.curves is not first
+    assert box.curves["AT"]["alpha"][-1] == pytest.approx(2.0)
+    assert box.curves["AT"]["loss"] != first["AT"]["loss"]
+    for n, m in nets.items():                     # the models are left as they were
+        assert all(torch.equal(t, before[n][k]) for k, t in m.state_dict().items())
+
+
+def test_verdict_reading_follows_the_numbers():
+    import pandas as pd
+
+    from advlab.core.claims import Claims
+    from advlab.papers.awp import read_verdicts, summary
+
+    def diag(at_last_loss):
+        return pd.DataFrame({"min test rob loss": [1.2, 1.1], "last test rob loss":
+                             [at_last_loss, 1.15], "min-loss epoch": [12, 20],
+                             "last train rob loss": [0.3, 0.6]}, index=["AT", "AT-AWP"])
+
+    claims = Claims("02_awp")
+    claims.check("at_overfits", "AT overfits", "", 1.0, ">=", 2.0, "pts", interval=(0.5, 1.5))
+    claims.check("awp_smaller_gap", "gap", "", -5.0, "<", 0.0, "pts", kind="mechanism")
+    assert "little robust overfitting to cure" in read_verdicts(claims, diag(1.21))
+    text = read_verdicts(claims, diag(1.8))
+    assert "shows in the loss" in text and "fitting the training set less" in text
+    per_seed = pd.DataFrame({"AT drop": [1.0], "AT-AWP drop": [0.2], "AT last": [50.0],
+                             "AT-AWP last": [55.0]})
+    s = summary(claims, diag(1.8), per_seed, {"AT last": 0.6, "AT-AWP last": 0.3}, 0.1, 0.01)
+    assert "1.20 (epoch 12) to 1.80" in s and "55.0% against AT's 50.0%" in s
+    assert "0 of 1 headline claims and 1 of 2 claims" in s

@@ -202,3 +202,154 @@ def test_hydra_with_fresh_pgd_against_the_masked_network():
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="eps"):
         mad.hydra_scores(model, clean, 0.7, epochs=1, attack_steps=2)
+
+
+# --------------------------------------------------------------------------- lesson helpers
+def small_cnn_bn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+def images(n=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_the_notebooks_classifier_saliency_from_scratch_equals_mad_scores():
+    """The notebook's hand-built steps 2-4 on the classifier (hook, A, diag G, share) equal the
+    library's ``mad_scores`` on one batch, and differ from the diagonal variant."""
+    from torch.func import functional_call
+
+    net = small_cnn_bn()
+    x, y = images()
+    layers = pruning.prunable_layers(net)
+    clf = pruning.classifier_name(net)
+    w = {n: m.weight.detach() for n, m in layers.items()}
+    s = mad.optimize_masks(net, x, y, steps=3, lr=0.1)
+    seen = {}
+    hook = layers[clf].register_forward_hook(lambda m, i, o: seen.update(a=i[0], out=o))
+    masked = {f"{n}.weight": (w[n] * s[n]).requires_grad_() for n in w}
+    loss = F.cross_entropy(functional_call(net, masked, (x,)), y)
+    hook.remove()
+    g = torch.autograd.grad(loss, seen["out"])[0].double() * len(y)
+    a = seen["a"].detach().double()
+    d = (w[clf] * (1 - s[clf])).double()
+    S = 0.5 * ((g * g).sum(0) / len(y))[:, None] * d * (d @ (a.T @ a / len(y)))
+    share, diag = mad.mad_scores(net, [(x, y)], mask_steps=3, mask_lr=0.1, return_diagonal=True)
+    torch.testing.assert_close(S, share[clf], rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(S, diag[clf])
+
+
+def test_layer_labels_and_score_all_by_products():
+    net = small_cnn_bn()
+    labels = mad.layer_labels(net)
+    assert list(labels.values()) == ["conv1", "conv2", "classifier"]
+    x, y = images(16)
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    methods = ["mad", "mad_largest", "mad_no_mask", "kfac_obd", "magnitude"]
+    scores, seconds, halves = mad.score_all(net, batches, methods, 2, 0.1, seed=0)
+    assert set(scores) == set(methods) and "mad_diagonal" not in scores
+    full = mad.mad_scores(net, batches, 2, 0.1)   # the halves' weighted mean == one pass
+    for k in full:
+        torch.testing.assert_close(scores["mad"][k], full[k], rtol=1e-6, atol=1e-15)
+        assert torch.equal(scores["mad_largest"][k], -scores["mad"][k])
+    assert len(halves) == 2 and set(seconds) >= {"mad", "mad_largest", "magnitude"}
+
+
+def test_gap_and_chance_in_points():
+    import pandas as pd
+
+    t = pd.Series({("a", 0.9): 0.50, ("a", 0.99): 0.30, ("b", 0.9): 0.40, ("b", 0.99): 0.10})
+    assert mad.gap(t, "a", "b", [0.9, 0.99]) == pytest.approx(15.0)
+    assert mad.chance(t, "a", "b", [0.99]) == ""
+    low = pd.Series({("a", 0.9): 0.12, ("b", 0.9): 0.05})
+    assert "uninformative" in mad.chance(low, "a", "b", [0.9])
+
+
+def test_prune_sweep_reaches_each_sparsity_and_leaves_the_dense_network():
+    from functools import partial
+
+    net = small_cnn_bn()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = images(20)
+    labels = mad.layer_labels(net)
+    scores = {"magnitude": mad.magnitude_scores(net)}
+    ev = partial(mad.evaluate, x=x, y=y, eps=0.1, steps=1)
+    sweep, kept, masks = mad.prune_sweep(net, scores, ["magnitude"], [0.5, 0.9], (), 0, ev,
+                                         (x, y), labels, bn_data=x)
+    assert list(sweep.sparsity) == [0.5, 0.9]
+    assert (sweep.actual_sparsity >= sweep.sparsity - 0.02).all()
+    assert set(kept.layer) == {"conv1", "conv2", "classifier"}
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_sparsity_explorer_updates_on_the_button_only():
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    net = small_cnn_bn()
+    x, y = images(12)
+    w = mad.sparsity_explorer(net, {"magnitude": mad.magnitude_scores(net),
+                                    "random": mad.random_scores(net)}, x, y, 0.1,
+                              steps=1, bn_data=x, display=False)
+    method, sparsity = w.children[:2]
+    assert not sparsity.continuous_update
+    sparsity.value = 0.5
+    w.manual_button.click()
+    first = w.result
+    assert first["kept"]["0"] == pytest.approx(0.5, abs=0.2)
+    sparsity.value, method.value = 0.95, "random"
+    assert w.result is first                      # moving the controls recomputes nothing
+    w.manual_button.click()                       # the button does
+    assert w.result is not first
+    assert sum(w.result["kept"].values()) < sum(first["kept"].values())
+
+
+def test_verdict_reading_and_summary_follow_the_numbers():
+    import pandas as pd
+
+    from advlab.core.claims import Claims
+
+    claims = Claims("05_mad")
+    claims.check("mad_beats_magnitude", "MAD beats magnitude", "", -20.0, ">", 0.0, unit="points")
+    claims.check("mad_beats_random", "MAD beats random", "", -1.0, ">", 0.0, unit="points",
+                 uninformative="both at or below chance level", kind="mechanism")
+    mean_pgd = pd.Series({"mad": 0.05, "mad_diagonal": 0.03, "mad_no_mask": 0.08,
+                          "kfac_obd": 0.35, "magnitude": 0.39})
+    text = mad.read_verdicts(claims, mean_pgd, 0.188)
+    assert "20.0 points *less*" in text and "Delta w = w + diagonal (OBD)" in text
+    assert "35.0% mean one-shot PGD accuracy" in text and "18.8% of MAD's scores" in text
+    assert "inconclusive" in text and "chance level" in text
+    pgd_at = pd.Series({("mad", 0.9): 0.1, ("mad", 0.99): 0.05, ("magnitude", 0.9): 0.4,
+                        ("magnitude", 0.99): 0.2})
+    s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
+    assert "mad 7.5%, magnitude 30.0%" in s and "**magnitude** (30.0%)" in s
+    assert "only moderately stable" in s and "0 of 1 headline claims and 0 of 2 claims" in s
+
+
+def test_figures_have_axis_labels_and_a_legend_outside():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"0": torch.randn(40, generator=g).double() * 1e-6,
+              "5": torch.randn(30, generator=g).double() * 1e-5}
+    fig = mad.plot_saliency(scores, {"0": "conv1", "5": "classifier"})
+    ax = fig.axes[0]
+    assert ax.get_xlabel() and ax.get_ylabel() and fig.axes[1].get_ylabel()
+    assert all(t == 0 or abs(t) >= 10 * 1e-9 for t in ax.get_yticks())   # no crowding near 0
+    sweep = pd.DataFrame([{"method": m, "sparsity": p, "pgd": a, "clean": a + 0.1}
+                          for m, a in (("mad", 0.1), ("magnitude", 0.3)) for p in (0.5, 0.9)])
+    fig2 = mad.plot_accuracy_vs_sparsity(sweep, {"pgd": 0.6, "clean": 0.75},
+                                         ["mad", "magnitude"], [0.5, 0.9], 20)
+    legend = fig2.axes[1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["mad", "magnitude", "dense"]
+    assert legend.get_bbox_to_anchor().x0 > fig2.axes[1].get_window_extent().x1 - 1
+    assert "%" in fig2.axes[0].get_ylabel()
+    plt.close("all")

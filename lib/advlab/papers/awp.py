@@ -25,10 +25,17 @@ Deviations: the ascent runs on a proxy copy so the model's BatchNorm buffers are
 it (the official code perturbs a proxy too, but crafts x' in train mode: here the BN mode
 while crafting is a parameter, eval by default); the step-overhead measurement
 (``step_overhead``) and the robust monitor (``RobustMonitor``) are ours.
+
+The notebook's orchestration also lives here, so its lesson cells stay short: ``hooked_step``
+(one training step exactly as ``fit`` runs it, for the from-scratch check), ``train_one``,
+``evaluate``, ``per_seed_table``, ``claim_interval`` / ``spread``, the three figures and
+``run_metrics``; and the ``landscape_explorer`` widget.
 """
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -175,8 +182,6 @@ def step_overhead(model: nn.Module, method, x: torch.Tensor, y: torch.Tensor,
     fastest repeat (as ``timeit`` does: other jobs only ever add time).  Returns ``{"at_s",
     "awp_s", "overhead"}`` with ``overhead = awp_s / at_s - 1``.
     """
-    import time
-
     net = copy.deepcopy(model).train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     hook = AWP(net, gamma)
@@ -198,39 +203,354 @@ def step_overhead(model: nn.Module, method, x: torch.Tensor, y: torch.Tensor,
     return {"at_s": at_s, "awp_s": awp_s, "overhead": awp_s / at_s - 1}
 
 
+def hooked_step(model: nn.Module, opt, method, x, x_adv, y, gamma: float) -> dict:
+    """One AT-AWP training step on the batch, in the order ``training.fit`` calls the hook:
+    ``before_update`` (v at w, added), the optimiser step on the loss at w + v,
+    ``after_update`` (the same v subtracted).  ``x``, ``x_adv``: (B, C, H, W) in [0, 1], ``y``:
+    (B,).  Updates ``model`` and ``opt`` in place; returns v ``{name: tensor shaped like w_l}``."""
+    hook = AWP(model, gamma)
+    hook.before_update(model, x, x_adv, y, method.loss)
+    v = {k: t.clone() for k, t in hook.v.items()}
+    loss = method.loss(model, x, x_adv, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    hook.after_update(model)
+    return v
+
+
+# --------------------------------------------------------------------------- the experiment
+def train_one(run, name: str, seed: int, method, gamma: float, warmup_epochs: int, *, cfg,
+              train: tuple, monitor_sets: dict, arch: str, model_kwargs: dict, eps: float,
+              dataset: str, monitor: tuple) -> dict:
+    """Train one model (``gamma = 0``: plain ``method``; else ``method`` + AWP), resumable.
+
+    ``train`` = (x (N, C, H, W) in [0, 1], y (N,)); ``monitor_sets`` = {"train"|"val"|"test":
+    (x, y)} watched by a ``RobustMonitor`` every ``monitor[2]`` epochs with PGD-``monitor[1]``
+    (``monitor`` = (n_monitor_per_class, monitor_steps, monitor_every_epochs)); the best epoch
+    is picked on "val".  ``run`` is the notebook's ``Run`` (models, work checkpoints).  Returns
+    ``{"last", "best"}`` models (eval mode), ``best_epoch``, ``history`` (one dict per epoch),
+    ``seconds`` and ``resumed_from``."""
+    from ..core import training, weights
+
+    model = run.make_model(arch, seed, **model_kwargs)
+    config = {"name": name, "arch": arch, "model_kwargs": model_kwargs, "gamma": gamma,
+              "warmup": warmup_epochs, "method": vars(method), "cfg": vars(cfg), "seed": seed,
+              "n_train": len(train[0]), "monitor": list(monitor)}
+    ckpt = run.work_checkpoint(f"{name}-s{seed}-g{gamma}", config,
+                               code=[sys.modules[__name__], weights])
+    mon = RobustMonitor(monitor_sets, eps, monitor[1], select="val", every=monitor[2],
+                        best_path=ckpt.with_name(ckpt.stem + "-best.pt"), resume=ckpt.exists())
+    steps_per_epoch = -(-len(train[0]) // cfg.batch_size)
+    hooks = [AWP(model, gamma, warmup_epochs * steps_per_epoch)] if gamma > 0 else []
+    res = training.fit(model, train, method, training.TrainConfig(**{**vars(cfg), "seed": seed}),
+                       hooks=hooks, epoch_callback=mon, checkpoint=ckpt,
+                       meta={"arch": arch, "dataset": dataset}, desc=f"{name} seed {seed}")
+    best = run.make_model(arch, seed, **model_kwargs)
+    best.load_state_dict(mon.best_state())
+    best.eval()
+    return {"last": res.model, "best": best, "best_epoch": mon.best_epoch,
+            "history": res.history, "seconds": res.seconds, "resumed_from": res.resumed_from}
+
+
+def evaluate(model: nn.Module, x, y, x_train, y_train, eps: float, steps: int,
+             strong: dict | None = None) -> tuple:
+    """One row of the evaluation table, and the per-image PGD-``steps`` correctness on (x, y).
+
+    ``x`` (N, C, H, W), ``y`` (N,): the test subset; ``x_train``, ``y_train``: a training slice
+    for the robust generalisation gap (train minus test PGD accuracy, both at the unperturbed
+    weights).  Accuracies are fractions in [0, 1].  ``strong`` (first seed only): ``idx`` and
+    ``aa_idx`` (index arrays into x), ``steps``, ``restarts`` (PGD with restarts, worst case
+    per image), ``aa_version``, ``aa_iter``, ``aa_targets``, ``seed`` (AutoAttack); the row then
+    also holds PGD-``steps`` on the same subsets, for a like-for-like comparison."""
+    from ..core import evaluation
+
+    acc, adv = evaluation.accuracy, evaluation.adversarial_examples
+    x_pgd = adv(model, x, y, "pgd", eps, steps=steps)
+    row = {"clean": acc(model, x, y), "pgd20": acc(model, x_pgd, y),
+           "train_pgd20": acc(model, adv(model, x_train, y_train, "pgd", eps, steps=steps),
+                              y_train)}
+    row["gap"] = row["train_pgd20"] - row["pgd20"]
+    if strong:
+        i, j = strong["idx"], strong["aa_idx"]
+        x50 = adv(model, x[i], y[i], "pgd", eps, steps=strong["steps"],
+                  restarts=strong["restarts"])
+        x_aa = adv(model, x[j], y[j], "autoattack", eps, version=strong["aa_version"],
+                   n_iter=strong["aa_iter"], n_target_classes=strong["aa_targets"],
+                   seed=strong["seed"])
+        row.update({"pgd20_strong_subset": acc(model, x_pgd[i], y[i]),
+                    "pgd50_restarts": acc(model, x50, y[i]),
+                    "pgd20_aa_subset": acc(model, x_pgd[j], y[j]),
+                    "autoattack": acc(model, x_aa, y[j])})
+    return row, evaluation.correct(model, x_pgd, y).numpy()
+
+
+def drop_of(results, name: str, seed: int, key: str = "pgd20") -> float:
+    """Best-minus-last ``key`` accuracy of ``name`` on ``seed``, in points (the evaluation table
+    ``results`` has columns method, seed, checkpoint = best|last and ``key`` as a fraction)."""
+    t = results[(results.method == name) & (results.seed == seed)].set_index("checkpoint")
+    return 100 * (t.loc["best", key] - t.loc["last", key])
+
+
+def per_seed_table(results, seeds):
+    """Per seed, in points of PGD-20 test accuracy: best, last, best-minus-last drop and the
+    train-test gap of AT and AT-AWP (the numbers behind the claims)."""
+    import pandas as pd
+
+    rows = []
+    for s in seeds:
+        row = {"seed": s}
+        for name in ("AT", "AT-AWP"):
+            t = results[(results.method == name) & (results.seed == s)].set_index("checkpoint")
+            row.update({f"{name} best": 100 * t.loc["best", "pgd20"],
+                        f"{name} last": 100 * t.loc["last", "pgd20"],
+                        f"{name} drop": drop_of(results, name, s),
+                        f"{name} gap": 100 * t.loc["last", "gap"]})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("seed")
+
+
+def claim_interval(seed_values, per_image) -> dict:
+    """95% interval of a claim's number in points: a t-interval over the seeds when there are
+    several (``seed_values``: one value per seed), else a bootstrap over the test images of the
+    one seed (``per_image``: that seed's per-image values, e.g. -1/0/1 differences)."""
+    from ..core import claims
+
+    seed_values = list(seed_values)
+    if len(seed_values) > 1:
+        return dict(interval=claims.seed_interval(seed_values),
+                    interval_kind=f"95% t-interval over {len(seed_values)} seeds")
+    return dict(interval=claims.bootstrap_interval(100 * per_image),
+                interval_kind=f"95% bootstrap over {len(per_image)} test images, 1 seed")
+
+
+def spread(per_seed, *keys) -> str:
+    """'mean (std) of n seeds' of the per-seed columns behind a claim, or their one value."""
+    mean = per_seed.mean()
+    if len(per_seed) < 2:
+        return "1 seed, no spread: " + ", ".join(f"{k} {mean[k]:.1f}" for k in keys)
+    std = per_seed.std()
+    return f"mean (std) of {len(per_seed)} seeds: " + ", ".join(
+        f"{k} {mean[k]:.1f} ({std[k]:.1f})" for k in keys)
+
+
+def run_metrics(table, per_seed, sharpness: dict, **extra) -> dict:
+    """The flat metrics dict of the run: every (method, checkpoint) x column of ``table``, the
+    per-seed means, the landscape sharpness of each model, and ``extra``."""
+    def key(k):
+        return k.lower().replace("-", "_").replace(" ", "_")
+
+    metrics = {f"{key(name)}_{which}_{k}": float(v)
+               for (name, which), row in table.iterrows() for k, v in row.items()}
+    metrics.update({f"mean_{key(k)}": float(v) for k, v in per_seed.mean().items()})
+    metrics.update({f"sharpness_{key(k)}": float(v) for k, v in sharpness.items()})
+    return {**metrics, **extra}
+
+
+def landscape_table(curves: dict):
+    """Long table (model, alpha, robust_loss, robust_acc) of the landscapes in ``curves``."""
+    import pandas as pd
+
+    return pd.DataFrame([{"model": k, "alpha": a, "robust_loss": lo, "robust_acc": ac}
+                         for k, c in curves.items()
+                         for a, lo, ac in zip(c["alpha"], c["loss"], c["acc"])])
+
+
+def _fmt_claim(c) -> str:
+    iv = "" if not c.interval else f", 95% interval [{c.interval[0]:+.2f}, {c.interval[1]:+.2f}]"
+    return (f"**{c.statement}**: {c.verdict} (ours {c.measured:+.2f} {c.unit}{iv}; "
+            f"{c.criterion})")
+
+
+def read_verdicts(claims, diag) -> str:
+    """Markdown bullets reading each claim's verdict on this run, with the likely reason when a
+    claim does not hold (``diag``: the learning-curve table indexed by method, with the test
+    and train robust losses).  Every number comes from ``claims`` and ``diag``."""
+    by_id = {c.id: c for c in claims.items}
+    lines = [f"- {_fmt_claim(c)}." for c in claims.items]
+    at, awp_ = diag.loc["AT"], diag.loc["AT-AWP"]
+    rise = at["last test rob loss"] - at["min test rob loss"]
+    if "at_overfits" in by_id and not by_id["at_overfits"].holds:
+        lines.append(f"- AT's accuracy drop did not clear the bar; its test robust loss rose by "
+                     f"{rise:.2f} from its minimum, so "
+                     + ("robust overfitting shows in the loss (reason (i) applies to the "
+                        "accuracy only)." if rise > 0.05 else
+                        "there was little robust overfitting to cure (reason (i))."))
+    if "awp_smaller_gap" in by_id and by_id["awp_smaller_gap"].holds:
+        under = awp_["last train rob loss"] > at["last train rob loss"]
+        lines.append(f"- AT-AWP's final training robust loss is "
+                     f"{awp_['last train rob loss']:.2f} against AT's "
+                     f"{at['last train rob loss']:.2f}: its smaller gap comes "
+                     + ("partly from fitting the training set less (reason (ii) in part)."
+                        if under else "with a training fit as good as AT's."))
+    for cid in ("awp_shrinks_drop", "awp_last_not_worse"):
+        c = by_id.get(cid)
+        if c is not None and c.verdict == "inconclusive":
+            lines.append(f"- *{c.statement}* is inconclusive: its interval straddles the bar "
+                         "(reason (iii), seed and test-set noise; more seeds or test images "
+                         "would decide it)" + (f"; {c.note.split('caveat: ')[-1]}"
+                                               if "caveat" in c.note else "") + ".")
+    return "\n".join(lines)
+
+
+def summary(claims, diag, per_seed, sharpness: dict, overhead: float, gamma: float) -> str:
+    """The lesson's summary as Markdown bullets, every number from the run."""
+    at, awp_ = diag.loc["AT"], diag.loc["AT-AWP"]
+    mean = per_seed.mean()
+    s = claims.summary
+    heads = [c for c in claims.items if c.kind == "headline"]
+    rise = at["last test rob loss"] - at["min test rob loss"]
+    return "\n".join([
+        f"- **Robust overfitting.** AT's test robust loss went from its minimum "
+        f"{at['min test rob loss']:.2f} (epoch {at['min-loss epoch']:.0f}) to "
+        f"{at['last test rob loss']:.2f} at the end "
+        + ("(robust overfitting in the loss)" if rise > 0.05 else "(little robust overfitting)")
+        + f"; its PGD accuracy changed by {-mean['AT drop']:+.1f} points from the best to the "
+        "last checkpoint.",
+        f"- **AWP** (one normalised ascent step per layer, gamma = {gamma:g} picked on "
+        f"validation) kept the test loss at {awp_['last test rob loss']:.2f}; its best-minus-last "
+        f"drop is {mean['AT-AWP drop']:.1f} points and its last checkpoint scores "
+        f"{mean['AT-AWP last']:.1f}% against AT's {mean['AT last']:.1f}% (PGD).",
+        f"- **Flatness.** Along one random direction the robust loss of AT-AWP rises by "
+        f"{sharpness['AT-AWP last']:.2f} at the probe, AT's by {sharpness['AT last']:.2f}; "
+        f"AWP costs {overhead:+.0%} per training step.",
+        f"- **Verdict.** {sum(c.holds for c in heads)} of {len(heads)} headline claims and "
+        f"{s['holds']} of {s['n']} claims in all hold on this run; an interval that straddles "
+        "its bar makes a claim inconclusive rather than a success.",
+    ])
+
+
+# --------------------------------------------------------------------------- figures
+def plot_learning_curves(histories: dict, best_epochs: dict, decays, colors: dict,
+                         title: str, monitor_steps: int):
+    """Robust accuracy (%) and robust loss per epoch of each method (``histories``: {name:
+    DataFrame with epoch and {train,val,test}_rob_{acc,loss}}), train dashed, val dotted, test
+    solid; a star at the epoch picked on validation; grey lines at the learning-rate decays.
+    The legend sits outside the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.8))
+    for name, h in histories.items():
+        for ax, key, scale in zip(axes, ("rob_acc", "rob_loss"), (100, 1)):
+            for part, ls in (("train", "--"), ("val", ":"), ("test", "-")):
+                ax.plot(h["epoch"], scale * h[f"{part}_{key}"], ls=ls, color=colors[name])
+            be = best_epochs[name]
+            ax.plot(be, scale * h.set_index("epoch").loc[be, f"test_{key}"], "*", ms=13,
+                    color=colors[name])
+    for ax, ylabel in zip(axes, (f"robust accuracy, PGD-{monitor_steps} (%)",
+                                 f"robust loss, PGD-{monitor_steps} cross-entropy (nats)")):
+        for d in decays:
+            ax.axvline(d + 0.5, color="gray", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    handles = [Line2D([], [], color=c, label=n) for n, c in colors.items() if n in histories]
+    handles += [Line2D([], [], color="k", ls=ls, label=p) for p, ls in
+                (("train slice", "--"), ("validation", ":"), ("test slice", "-"))]
+    handles += [Line2D([], [], color="k", marker="*", ls="", ms=10, label="best epoch (val)"),
+                Line2D([], [], color="gray", label="learning-rate decay")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(w_pad=3)
+    return fig
+
+
+def plot_landscape(curves: dict, sharpness: dict, colors: dict, title: str):
+    """The 1-D weight-loss landscapes (``curves``: {label: weight_loss_landscape dict}), robust
+    loss and robust accuracy (%) against alpha; the legend (outside) gives each sharpness."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for label, c in curves.items():
+        style = dict(color=colors[label.split()[0]], ls=":" if "best" in label else "-",
+                     marker="o", ms=3, label=f"{label} (sharpness {sharpness[label]:.2f})")
+        axes[0].plot(c["alpha"], c["loss"], **style)
+        axes[1].plot(c["alpha"], [100 * a for a in c["acc"]], **style)
+    axes[0].set_ylabel("robust loss (cross-entropy, nats)")
+    axes[1].set_ylabel("robust accuracy (%)")
+    for ax in axes:
+        ax.set_xlabel("alpha: step along d, in units of each filter's norm")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gamma_sweep(sweep, gamma: float):
+    """Validation (last epoch) and test (best / last checkpoint) PGD accuracy, in %, against
+    gamma (``sweep``: DataFrame with gamma, val_last, test_best, test_last as fractions); a
+    grey line at the gamma picked on validation."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    labels = {"val_last": "validation, last epoch", "test_best": "test, best checkpoint",
+              "test_last": "test, last checkpoint"}
+    for key, style in (("val_last", ":"), ("test_best", "--"), ("test_last", "-")):
+        ax.plot(sweep["gamma"], 100 * sweep[key], marker="o", ls=style, label=labels[key])
+    ax.axvline(gamma, color="gray", lw=1, label=f"picked on validation ({gamma:g})")
+    ax.set_xlabel("gamma, AWP's relative radius (0 = plain AT)")
+    ax.set_ylabel("PGD robust accuracy (%)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    ax.set_title("How large a weight perturbation?", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- explorer
 def landscape_explorer(models: dict, x, y, eps: float, colors: dict | None = None,
                        steps: int = 5, display: bool = True):
-    """Sliders that redraw the 1-D weight-loss landscape of each model in ``models``
-    ({name: model}) along a filter-normalised random direction (``direction_seed``), over
-    alpha in [-alpha_max, alpha_max], on (x, y): the clean loss, or the robust loss with
-    PGD-``steps`` re-crafted at every alpha when ``robust`` is ticked.
+    """A widget that answers: *is AT-AWP's landscape flatter than AT's along any direction, or
+    only along the one the notebook drew?*  Controls pick a random filter-normalised direction
+    (``direction seed``), the range of alpha and clean vs robust loss (PGD-``steps`` re-crafted
+    at every alpha); the **Draw** button recomputes the 1-D landscape of every model in
+    ``models`` ({name: model}) on (x, y) (x: (N, C, H, W) in [0, 1], y: (N,)).  Nothing is
+    recomputed while a slider moves.
 
-    Returns the ``ipywidgets.interactive`` object (``display=False`` only builds it)."""
+    Returns the ``ipywidgets.VBox``; ``box.update()`` draws as the button does, and
+    ``box.curves`` holds the last drawn ``{name: weight_loss_landscape dict}``.  With
+    ``display=False`` it is only built (and drawn once)."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
     import numpy as np
 
     from ..core.weights import filter_normalized_direction, weight_loss_landscape
 
-    def show(direction_seed=0, alpha_max=1.0, robust=False):
-        alphas = np.linspace(-alpha_max, alpha_max, 9)
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+    seed_w = W.IntSlider(0, 0, 20, description="direction seed", continuous_update=False)
+    amax_w = W.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1, description="alpha max",
+                           continuous_update=False)
+    robust_w = W.Checkbox(False, description=f"robust loss (PGD-{steps})")
+    button = W.Button(description="Draw")
+    out = W.Output()
+    box = W.VBox([W.HBox([seed_w, amax_w, robust_w, button]), out])
+    box.curves = {}
+
+    def update(*_):
+        alphas = np.linspace(-amax_w.value, amax_w.value, 9)
+        curves = {}
         for name, model in models.items():
             d = filter_normalized_direction(
-                model, generator=torch.Generator().manual_seed(direction_seed))
-            c = weight_loss_landscape(model, x, y, d, alphas, eps if robust else 0.0, steps=steps)
-            ax.plot(c["alpha"], c["loss"], marker="o", label=name,
-                    color=(colors or {}).get(name))
-        ax.set_xlabel("alpha (step along the direction, relative to each filter's norm)")
-        ax.set_ylabel(f"robust loss (PGD-{steps})" if robust else "clean loss")
-        ax.legend()
-        plt.show()
+                model, generator=torch.Generator().manual_seed(seed_w.value))
+            curves[name] = weight_loss_landscape(model, x, y, d, alphas,
+                                                 eps if robust_w.value else 0.0, steps=steps)
+        box.curves = curves
+        out.clear_output(wait=True)
+        with out:
+            fig, ax = plt.subplots(figsize=(6.5, 3.2))
+            for name, c in curves.items():
+                ax.plot(c["alpha"], c["loss"], marker="o", label=name,
+                        color=(colors or {}).get(name))
+            ax.set_xlabel("alpha: step along the direction, in units of each filter's norm")
+            ax.set_ylabel(f"robust loss, PGD-{steps} (nats)" if robust_w.value
+                          else "clean loss (nats)")
+            ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+            fig.tight_layout()
+            plt.show()
+            plt.close(fig)
 
-    w = W.interactive(show, direction_seed=W.IntSlider(0, 0, 20),
-                      alpha_max=W.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.1),
-                      robust=W.Checkbox(False))
+    button.on_click(update)
+    box.update = update
+    update()
     if display:
         from IPython.display import display as ipy_display
-        ipy_display(w)
-    return w
+        ipy_display(box)
+    return box

@@ -30,11 +30,17 @@ followed for the mask step, the K-FAC conventions and the ranking.  Deviations: 
 of adversarial examples for every criterion; biases are not pruned; ties in the ranking are
 broken in a seeded random order; HYDRA-style scores (``hydra_scores``) are a short-budget
 stand-in for the official HYDRA (Adam over the shared set with fresh PGD, global ranking).
+
+The notebook's orchestration also lives here, so its lesson cells stay short: ``layer_labels``,
+``evaluate``, ``score_all``, ``prune_sweep``, ``finetune_all``, ``gap`` / ``chance`` (the
+claims' arithmetic), the figures, and the ``sparsity_explorer`` widget.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -311,18 +317,356 @@ scored by ``diagonal_saliency``) and 'kfac_obd' (Delta = w, ``diagonal_saliency`
 Brain Damage with the same K-FAC curvature)."""
 
 
-# --------------------------------------------------------------------------- explorer
+# --------------------------------------------------------------------------- the experiment
+def layer_labels(model: nn.Module) -> dict[str, str]:
+    """{layer name: readable label}: conv1, conv2, ... for the conv layers, 'classifier' for
+    the last linear layer, 'fc:<name>' for other linear layers (prunable layers only)."""
+    from ..core.pruning import classifier_name
 
+    layers, labels, k = prunable_layers(model), {}, 0
+    for n, m in layers.items():
+        if isinstance(m, nn.Conv2d):
+            k += 1
+            labels[n] = f"conv{k}"
+        else:
+            labels[n] = f"fc:{n}"
+    labels[classifier_name(model)] = "classifier"
+    return labels
+
+
+def evaluate(model: nn.Module, x, y, eps: float, steps: int, restarts: int = 1,
+             aa: dict | None = None) -> dict:
+    """Clean and PGD-``steps`` accuracy (fractions) on (x (N, C, H, W) in [0, 1], y (N,)); PGD
+    with ``restarts``, early stop per image.  ``aa``: {idx, version, n_iter, targets, seed}
+    also runs AutoAttack on x[idx] (key 'aa')."""
+    from ..core import evaluation
+
+    out = {"clean": evaluation.accuracy(model, x, y),
+           "pgd": evaluation.robust_accuracy(model, x, y, "pgd", eps, steps=steps,
+                                             restarts=restarts, early_stop=True)}
+    if aa:
+        i = aa["idx"]
+        out["aa"] = evaluation.robust_accuracy(model, x[i], y[i], "autoattack", eps,
+                                               version=aa["version"], n_iter=aa["n_iter"],
+                                               n_target_classes=aa["targets"], seed=aa["seed"])
+    return out
+
+
+def score_all(model: nn.Module, batches: Batches, methods, mask_steps: int, mask_lr: float,
+              seed: int, progress=None) -> tuple[dict, dict, list]:
+    """Every criterion's scores on the shared adversarial ``batches`` (list of (x_adv, y)).
+
+    MAD runs on the two halves of the batches (even / odd positions) and is averaged weighted
+    by their sizes, which equals one pass over all batches and also gives its ranking
+    stability; its diagonal variant ('mad_diagonal') and 'kfac_obd' come free with 'mad' and
+    'mad_no_mask'; 'mad_largest' is -MAD; 'hydra' is sparsity-specific and scored in the sweep.
+    Returns ``scores`` ({method: {layer: float64 tensor shaped like its weight}}), ``seconds``
+    ({method: s}) and ``halves`` (MAD's two half scores, [] if 'mad' is not run)."""
+    scores, seconds, halves = {}, {}, []
+    free = {"mad_largest", "mad_diagonal", "kfac_obd"}
+    for name in [m for m in methods if m not in free | {"hydra"}]:
+        t0 = time.perf_counter()
+        if name == "mad":
+            parts = [batches[i::2] for i in (0, 1)]
+            both = [mad_scores(model, b, mask_steps, mask_lr, progress=progress,
+                               return_diagonal=True) for b in parts]
+            n0, n1 = len(parts[0]), len(parts[1])
+            for j, key in enumerate(("mad", "mad_diagonal")):
+                scores[key] = {k: (both[0][j][k] * n0 + both[1][j][k] * n1) / (n0 + n1)
+                               for k in both[0][j]}
+            halves = [h[0] for h in both] if n1 else []
+        elif name == "mad_no_mask":
+            scores[name], scores["kfac_obd"] = mad_scores(model, batches, optimize_mask=False,
+                                                          return_diagonal=True)
+        elif name == "random":
+            scores[name] = random_scores(model, batches, seed=seed)
+        else:
+            scores[name] = CRITERIA[name](model, batches)
+        seconds[name] = time.perf_counter() - t0
+    for key in ("mad_diagonal", "kfac_obd"):
+        if key in methods and key not in scores:
+            scores[key] = CRITERIA[key](model, batches)
+        elif key not in methods:
+            scores.pop(key, None)
+    if "mad_largest" in methods:
+        scores["mad_largest"] = {k: -v for k, v in scores["mad"].items()}
+        seconds["mad_largest"] = seconds["mad"]
+    return scores, seconds, halves
+
+
+def flat(scores: dict):
+    """All of a criterion's scores ({layer: tensor}) as one numpy vector."""
+    return torch.cat([v.flatten() for v in scores.values()]).numpy()
+
+
+def prune_sweep(dense: nn.Module, scores: dict, methods, sparsities, per_row, seed: int,
+                evaluate_fn, eval_set: tuple, labels: dict, bn_data=None, hydra=None,
+                progress=None):
+    """Prune a copy of ``dense`` one-shot for every (method, sparsity) and measure it.
+
+    ``evaluate_fn(model) -> {"clean", "pgd"}`` measures on ``eval_set`` = (x, y); ``bn_data``: images (N, C, H, W) on which to
+    re-estimate BatchNorm statistics after pruning (None: keep the dense statistics);
+    ``hydra(sparsity) -> scores`` computes HYDRA's sparsity-specific scores.  Returns
+    ``sweep`` (one row per network: method, sparsity, actual_sparsity, clean_raw = clean
+    accuracy with the dense BN statistics, clean, pgd, seconds), ``kept`` (method, sparsity,
+    layer label, kept fraction) and ``masks_at`` ({(method, sparsity): masks})."""
+    import pandas as pd
+
+    from ..core import evaluation, pruning
+
+    rows, kept_rows, masks_at = [], [], {}
+    todo = [(m, p) for m in methods for p in sparsities]
+    for name, p in (progress(todo, desc="prune + evaluate") if progress else todo):
+        t0 = time.perf_counter()
+        masks = pruning.masks_from_scores(hydra(p) if name == "hydra" else scores[name], p,
+                                          per_row, seed=seed)
+        masks_at[name, p] = masks
+        pruned = pruning.apply_masks(copy.deepcopy(dense), masks)
+        clean_raw = evaluation.accuracy(pruned, *eval_set)
+        if bn_data is not None:
+            pruning.recalibrate_batchnorm(pruned, bn_data)
+        acc = evaluate_fn(pruned)
+        rows.append({"method": name, "sparsity": p,
+                     "actual_sparsity": pruning.weight_sparsity(pruned), "clean_raw": clean_raw,
+                     "clean": acc["clean"], "pgd": acc["pgd"],
+                     "seconds": time.perf_counter() - t0})
+        kept_rows += [{"method": name, "sparsity": p, "layer": labels[n], "kept": k}
+                      for n, k in pruning.kept_per_layer(masks).items()]
+    return pd.DataFrame(rows), pd.DataFrame(kept_rows), masks_at
+
+
+def digest(obj) -> str:
+    """Content hash of a model's state or of a mask dict (a resume key's 'start' / 'mask')."""
+    tensors = obj.state_dict() if hasattr(obj, "state_dict") else obj
+    h = hashlib.sha1()
+    for k in sorted(tensors):
+        h.update(k.encode() + tensors[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def finetune_all(run, dense: nn.Module, masks_at: dict, todo, train: tuple, method, cfg,
+                 evaluate_fn, bn_data=None, progress=None):
+    """The identical short adversarial fine-tune, mask fixed (``pruning.MaskEnforcer``), for
+    every (method, sparsity) in ``todo``, resumable (``run.work_checkpoint`` keyed by the
+    training setup and digests of the starting weights and the mask).  ``train`` = (x, y);
+    ``evaluate_fn(model) -> {"clean", "pgd", "aa"}``.  Returns rows: method, sparsity,
+    clean_ft, pgd_ft, aa_ft, sparsity_ft, ft_seconds."""
+    from ..core import pruning, training
+
+    rows = []
+    for name, p in (progress(todo, desc="fine-tune") if progress else todo):
+        masks = masks_at[name, p]
+        pruned = pruning.apply_masks(copy.deepcopy(dense), masks)
+        if bn_data is not None:
+            pruning.recalibrate_batchnorm(pruned, bn_data)
+        t0 = time.perf_counter()
+        ckpt = run.work_checkpoint(f"ft_{name}_{p}", {"method": vars(method), "cfg": vars(cfg),
+                                                      "n": len(train[0]), "start": digest(pruned),
+                                                      "mask": digest(masks)}, code=[pruning])
+        training.fit(pruned, train, method, cfg, hooks=[pruning.MaskEnforcer(masks)],
+                     checkpoint=ckpt, desc=f"{name}@{p}", progress=False)
+        ft_seconds = time.perf_counter() - t0
+        assert pruning.weight_sparsity(pruned) >= pruning.mask_sparsity(masks) - 1e-9
+        after = evaluate_fn(pruned)
+        rows.append({"method": name, "sparsity": p, **{f"{k}_ft": v for k, v in after.items()},
+                     "sparsity_ft": pruning.weight_sparsity(pruned), "ft_seconds": ft_seconds})
+    return rows
+
+
+def gap(table, a: str, b: str, ps) -> float:
+    """Mean accuracy difference a - b over the sparsities ``ps``, in points (x100);
+    ``table``: a Series indexed by (method, sparsity) of accuracies in [0, 1]."""
+    import numpy as np
+
+    return 100 * float(np.mean([table[a, p] - table[b, p] for p in ps]))
+
+
+def chance(table, a: str, b: str, ps, level: float = 0.15) -> str:
+    """Why comparing a and b is uninformative, if both are at or below chance level (10
+    classes) at every compared sparsity: a difference between them then means nothing."""
+    if all(max(table[a, p], table[b, p]) < level for p in ps):
+        return f"both at or below chance level (< {level:.0%}) everywhere: uninformative"
+    return ""
+
+
+ABLATION = {"mad": "mask step + share (MAD)", "mad_diagonal": "mask step + diagonal",
+            "mad_no_mask": "Delta w = w + share", "kfac_obd": "Delta w = w + diagonal (OBD)"}
+
+
+def _fmt_claim(c) -> str:
+    if c.verdict == "not run":
+        return f"**{c.statement}**: not run ({c.note.removeprefix('not run: ')})"
+    why = f"; {c.note.split('uninformative: ')[-1]}" if "uninformative" in c.note else ""
+    return f"**{c.statement}**: {c.verdict} (ours {c.measured:+.3g} {c.unit}; {c.criterion}{why})"
+
+
+def read_verdicts(claims, mean_pgd, frac_neg: float) -> str:
+    """Markdown bullets reading each claim's verdict on this run, then, when MAD loses to
+    magnitude pruning, what the ablation says (``mean_pgd``: mean one-shot PGD accuracy per
+    method over the sparsities, a Series in [0, 1]; ``frac_neg``: fraction of negative MAD
+    scores).  Every number comes from the arguments."""
+    lines = [f"- {_fmt_claim(c)}." for c in claims.items]
+    by_id = {c.id: c for c in claims.items}
+    c = by_id.get("mad_beats_magnitude")
+    if c is not None and c.verdict == "does not hold":
+        have = [m for m in ABLATION if m in mean_pgd.index]
+        best = max(have, key=lambda m: mean_pgd[m])
+        lines.append(
+            f"- MAD keeps {-c.measured:.1f} points *less* robust accuracy than magnitude pruning "
+            "at high sparsity. Of MAD's ingredient variants, the best is "
+            f"**{ABLATION[best]}** ({mean_pgd[best]:.1%} mean one-shot PGD accuracy, against "
+            f"{mean_pgd['mad']:.1%} for MAD"
+            + (f" and {mean_pgd['magnitude']:.1%} for magnitude" if "magnitude" in mean_pgd
+               else "") + f"). {frac_neg:.1%} of MAD's scores are negative and are pruned first.")
+    return "\n".join(lines)
+
+
+def summary(claims, pgd_at, high, dense_acc: dict, rho: float, frac_neg: float) -> str:
+    """The lesson's summary as Markdown bullets, every number from the run (``pgd_at``: one-shot
+    PGD accuracy by (method, sparsity); ``high``: the high sparsities)."""
+    import numpy as np
+
+    methods = list(dict.fromkeys(m for m, _ in pgd_at.index))
+    mean_high = {m: float(np.mean([pgd_at[m, p] for p in high])) for m in methods}
+    best = max(mean_high, key=mean_high.get)
+    shown = [m for m in ("mad", "magnitude", "random", "hydra") if m in mean_high]
+    heads = [c for c in claims.items if c.kind == "headline"]
+    s = claims.summary
+    return "\n".join([
+        f"- **The dense robust network** scores {dense_acc['clean']:.1%} clean and "
+        f"{dense_acc['pgd']:.1%} under PGD; pruning asks how much of that survives.",
+        "- **One-shot at high sparsity** (mean PGD accuracy over " + ", ".join(f"{p:g}" for p in high)
+        + "): " + ", ".join(f"{m} {mean_high[m]:.1%}" for m in shown)
+        + f"; the best criterion here is **{best}** ({mean_high[best]:.1%}).",
+        "- **MAD's saliency** is a second-order estimate of the adversarial loss increase; its "
+        "ranking is " + ("stable" if rho >= 0.8 else "only moderately stable" if rho >= 0.5
+                         else "unstable") + f" between two halves of the data (Spearman "
+        f"{rho:.2f}), and {frac_neg:.1%} of its scores are negative cross-term shares.",
+        f"- **Verdict.** {sum(c.holds for c in heads)} of {len(heads)} headline claims and "
+        f"{s['holds']} of {s['n']} claims in all hold on this run; the ablation of MAD's "
+        "ingredients says where the method wins or loses.",
+    ])
+
+
+# --------------------------------------------------------------------------- figures
+def plot_saliency(scores: dict, labels: dict):
+    """MAD's score of every weight by parameter index, coloured by layer (symlog scale), and
+    the mean score per weight in each layer.  ``scores``: {layer: tensor}."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    allv = flat(scores)
+    per_layer = {labels[n]: float(v.mean()) for n, v in scores.items()}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    start = 0
+    for n, v in scores.items():
+        idx = np.arange(start, start + v.numel())
+        axes[0].scatter(idx, v.flatten().numpy(), s=1, label=labels[n], rasterized=True)
+        start += v.numel()
+    lin = max(1e-12, float(np.abs(allv).max()) * 1e-4)
+    axes[0].set_yscale("symlog", linthresh=lin)
+    lo, hi = axes[0].get_ylim()
+    axes[0].set_yticks([t for t in axes[0].get_yticks() if t == 0 or abs(t) >= 10 * lin])
+    axes[0].set_ylim(lo, hi)   # no crowded tick labels around the linear band near 0
+    axes[0].set_xlabel("parameter index (layers in network order)")
+    axes[0].set_ylabel("MAD saliency (loss units, symlog)")
+    axes[0].legend(markerscale=8, fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0),
+                   ncol=len(scores), title="layer")
+    axes[1].bar(list(per_layer), list(per_layer.values()), color="tab:purple")
+    axes[1].set_yscale("log" if min(per_layer.values()) > 0 else "symlog")
+    axes[1].set_ylabel("mean saliency per weight")
+    axes[1].set_xlabel("layer")
+    axes[1].tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_sparsity(sweep, dense_acc: dict, methods, sparsities, eval_steps: int):
+    """One-shot PGD and clean accuracy (%) against sparsity (logit axis) for every method, the
+    dense network dotted; one legend outside.  ``sweep``: method, sparsity, pgd, clean."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    markers = "osD^v<>px*h"
+    for ax, key in zip(axes, ("pgd", "clean")):
+        for i, m in enumerate(methods):
+            d = sweep[sweep.method == m].sort_values("sparsity")
+            ax.plot(d.sparsity, 100 * d[key], marker=markers[i % len(markers)], ms=4,
+                    lw=2.2 if m == "mad" else 1.2, label=m)
+        ax.axhline(100 * dense_acc[key], color="k", ls=":", label="dense")
+        ax.set_xscale("logit")
+        ax.set_xticks(sparsities, [f"{p:g}" for p in sparsities])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("sparsity (fraction of weights removed, logit scale)")
+        ax.set_ylabel(f"PGD-{eval_steps} accuracy (%)" if key == "pgd" else "clean accuracy (%)")
+        ax.set_title(f"{'Robust' if key == 'pgd' else 'Clean'} accuracy, one-shot")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_kept(kept, methods, sparsities):
+    """Kept fraction (%) of each layer for ``methods`` at each of ``sparsities``: where each
+    criterion puts its budget.  ``kept``: method, sparsity, layer, kept."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(6 * len(sparsities), 3.4),
+                             squeeze=False, sharey=True)
+    layers = list(dict.fromkeys(kept.layer))
+    width = 0.8 / len(methods)
+    for ax, p in zip(axes[0], sparsities):
+        for i, m in enumerate(methods):
+            d = kept[(kept.sparsity == p) & (kept.method == m)].set_index("layer")
+            ax.bar(np.arange(len(layers)) + i * width, 100 * d.loc[layers, "kept"], width,
+                   label=m)
+        ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers)
+        ax.set_xlabel("layer")
+        ax.set_title(f"{p:.0%} of the weights removed")
+    axes[0][0].set_ylabel("weights kept (%)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_finetune(ft, dense_aa: float, methods, aa_label: str, eval_steps: int):
+    """Robust accuracy (%) one-shot (PGD), fine-tuned (PGD) and fine-tuned (AutoAttack) per
+    method, one panel per fine-tuned sparsity; the dense network's AutoAttack accuracy dotted."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    measures = {"pgd_oneshot": f"one-shot, PGD-{eval_steps}",
+                "pgd_ft": f"fine-tuned, PGD-{eval_steps}", "aa_ft": f"fine-tuned, {aa_label}"}
+    ps = sorted(set(ft.sparsity))
+    fig, axes = plt.subplots(1, len(ps), figsize=(5.5 * len(ps), 3.4), squeeze=False,
+                             sharey=True)
+    ms = [m for m in methods if m in set(ft.method)]
+    for ax, p in zip(axes[0], ps):
+        d = ft[ft.sparsity == p].set_index("method")
+        for i, (key, lab) in enumerate(measures.items()):
+            ax.bar(np.arange(len(ms)) + i * 0.27, 100 * d.loc[ms, key], 0.27, label=lab)
+        ax.axhline(100 * dense_aa, color="k", ls=":", label=f"dense, {aa_label}")
+        ax.set_xticks(np.arange(len(ms)) + 0.27, ms)
+        ax.set_title(f"{p:.0%} sparsity")
+    axes[0][0].set_ylabel("robust accuracy (%)")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- explorer
 def sparsity_explorer(model, scores: dict, x, y, eps: float, per_row=(), steps: int = 10,
                       bn_data=None, display: bool = True):
-    """A sparsity slider and a criterion picker: prunes a copy of ``model`` with that
-    criterion's ``scores`` ({method: {layer: scores}}) and shows its clean and PGD accuracy on
-    (x, y) next to the kept fraction of every prunable layer.  ``bn_data``: images on which to
-    re-estimate BatchNorm statistics after pruning (``pruning.recalibrate_batchnorm``).
+    """A widget that answers: *at which sparsity does each criterion break the network, and
+    which layers has it emptied by then?*  Pick a criterion (``scores``: {method: {layer:
+    scores}}) and a sparsity, then press **Prune and evaluate**: a copy of ``model`` is pruned
+    (``bn_data``: images on which to re-estimate BatchNorm statistics afterwards), and its
+    clean and PGD-``steps`` accuracy on (x (N, C, H, W) in [0, 1], y (N,)) is shown next to
+    the kept fraction of every prunable layer.  Nothing is recomputed while the slider moves.
 
-    Returns the ``ipywidgets.interactive`` object (``display=False`` only builds it)."""
-    import copy
-
+    Returns the ``ipywidgets.interactive`` object; its ``result`` is the last {"clean", "pgd",
+    "kept"}; ``display=False`` only builds it."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
@@ -337,17 +681,22 @@ def sparsity_explorer(model, scores: dict, x, y, eps: float, per_row=(), steps: 
         rob = evaluation.robust_accuracy(pruned, x, y, "pgd", eps, steps=steps, early_stop=True)
         kept = pruning.kept_per_layer(masks)
         fig, ax = plt.subplots(figsize=(7, 2.8))
-        ax.bar(range(len(kept)), list(kept.values()), color="tab:blue")
+        ax.bar(range(len(kept)), [100 * k for k in kept.values()], color="tab:blue")
         ax.set_xticks(range(len(kept)), list(kept), rotation=30, fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("kept fraction")
+        ax.set_ylim(0, 105)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("weights kept (%)")
         ax.set_title(f"{method} at {sparsity:.0%} sparsity: clean {clean:.1%}, "
                      f"PGD-{steps} {rob:.1%} ({len(x)} images)", fontsize=10)
         plt.show()
+        plt.close(fig)
+        return {"clean": clean, "pgd": rob, "kept": kept}
 
-    w = W.interactive(show, method=W.Dropdown(options=list(scores)),
+    w = W.interactive(show, {"manual": True, "manual_name": "Prune and evaluate"},
+                      method=W.Dropdown(options=list(scores), description="method"),
                       sparsity=W.FloatSlider(value=0.9, min=0.0, max=0.995, step=0.005,
-                                             readout_format=".3f"))
+                                             readout_format=".3f", description="sparsity",
+                                             continuous_update=False))
     if display:
         from IPython.display import display as ipy_display
         ipy_display(w)

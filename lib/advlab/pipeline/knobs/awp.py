@@ -37,5 +37,4 @@ KNOBS = {
     "trades_gamma": Float(0, 1),
     "trades_awp_warmup_epochs": Int(0),
     "overhead_repeats": Int(1),
-    "interactive": Bool(),
 }

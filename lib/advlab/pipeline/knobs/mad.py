@@ -31,5 +31,4 @@ KNOBS = {
     "finetune_beta": Float(0),
     "finetune_lr": Float(0, 10),
     "finetune_steps": Int(1),
-    "interactive": Bool(),
 }
