@@ -168,3 +168,11 @@ def test_unit_explorer_updates_headless():
     first = html.value
     w.children[1].value = 4
     assert html.value != first and "non-robust part" in html.value
+
+
+def test_paired_interval_of_identical_arms_is_a_point_and_contains_the_mean():
+    a = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    assert ib.paired_interval(a, a) == (0.0, 0.0)
+    b = torch.tensor([0.0, 0.0, 1.0, 0.0])
+    lo, hi = ib.paired_interval(a, b)
+    assert lo <= 0.5 <= hi and 0 <= lo and hi <= 1

@@ -228,9 +228,9 @@ def min_norm_attack(net: SplitNet, x, y, mask=None, c: float = 0.1, gamma: float
                     best_l2 = torch.where(better, l2.sqrt(), best_l2)
                     best[better] = xa.detach()[better]
                 if t % check == 0:
-                    if float(cost) > prev:
+                    if float(cost.detach()) > prev:
                         break
-                    prev = float(cost)
+                    prev = float(cost.detach())
         finally:
             for p, f in zip(params, flags):
                 p.requires_grad_(f)
@@ -238,7 +238,8 @@ def min_norm_attack(net: SplitNet, x, y, mask=None, c: float = 0.1, gamma: float
 
 
 def run_attacks(net: SplitNet, x, y, attacks: dict, batch_size: int = 100, desc="attacks"):
-    """Run every attack in ``attacks`` ({name: fn(xb, yb) -> x_adv}) batch by batch (the NRF
+    """Run every attack in ``attacks`` ({name: fn(xb, yb, sl) -> x_adv}, ``sl`` the batch's
+    slice of ``x``, to pick its rows of a mask) batch by batch (the NRF
     term's norm and the global split depend on the batch: keep ``batch_size`` fixed) and
     evaluate each result afresh with the model in eval mode.  Returns {name: {"x_adv",
     "correct" [N] 0/1, "l2" [N] (0 where the attack returned x)}}."""
@@ -246,12 +247,42 @@ def run_attacks(net: SplitNet, x, y, attacks: dict, batch_size: int = 100, desc=
 
     out = {}
     for name, fn in progress(list(attacks.items()), desc=desc):
-        xs = [fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        sls = [slice(i, i + batch_size) for i in range(0, len(x), batch_size)]
+        xs = [fn(x[sl], y[sl], sl) for sl in sls]
         xa = torch.cat(xs)
         with torch.no_grad(), eval_mode(net.model):
             ok = (net.model(xa).argmax(1) == y).float()
         out[name] = {"x_adv": xa, "correct": ok, "l2": (xa - x).flatten(1).norm(dim=1)}
     return out
+
+
+def nonrobust_masks(net: SplitNet, x, y, batch_size=100, beta=0.3, iters=200, lr=0.1,
+                    generator=None, rule="global", tau=1.0) -> torch.Tensor:
+    """NRF's first step: distil the clean ``x`` with its true labels batch by batch and return
+    the float mask of the non-robust units [N, C, 1, 1] (1 = non-robust)."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        d = distill(net, x[i:i + batch_size], y[i:i + batch_size], beta, iters, lr, generator)
+        out.append((~split_units(d.sigma, d.var, rule, tau)).float())
+    return torch.cat(out)
+
+
+def attack_table(results: dict, x, clean_correct, l2_budget: float) -> list[dict]:
+    """One row per attack of ``run_attacks``' output: robust accuracy (re-evaluated), how many
+    clean-correct images it fooled, the median L2 of those, the official code's distortion
+    (RMS per pixel, sqrt(mean_b ||delta_b||^2 / D), over all images) and the fraction of
+    clean-correct images fooled within L2 <= ``l2_budget``."""
+    d = x[0].numel()
+    rows = []
+    for name, r in results.items():
+        fooled = (r["correct"] == 0) & (clean_correct == 1)
+        rows.append({"attack": name, "robust_acc": float(r["correct"].mean()),
+                     "n_fooled": int(fooled.sum()),
+                     "median_l2": median_l2(r["correct"], r["l2"], clean_correct),
+                     "rms_distortion": float((r["l2"].pow(2).mean() / d).sqrt()),
+                     "fooled_within_budget": float(success_curve(
+                         r["correct"], r["l2"], clean_correct, [l2_budget])[0])})
+    return rows
 
 
 def success_curve(correct, l2, clean_correct, radii) -> torch.Tensor:
@@ -266,6 +297,23 @@ def median_l2(correct, l2, clean_correct) -> float:
     nan if none."""
     ok = (correct == 0) & (clean_correct == 1)
     return float(l2[ok].median()) if ok.any() else float("nan")
+
+
+def paired_interval(a, b, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
+    """Percentile bootstrap interval of mean(a) - mean(b) over paired examples (1-D, same
+    length), widened to contain the point estimate.  Unlike ``core.claims.
+    paired_bootstrap_interval`` it never switches to a Wilson interval when every difference
+    happens to be 0 or 1 (a difference is not a proportion: all-zero differences give [0, 0])."""
+    import numpy as np
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"need two 1-D arms of at least 2 examples, got shape {d.shape}")
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    point = float(d.mean())
+    return float(min(lo, point)), float(max(hi, point))
 
 
 # --------------------------------------------------------------------------- analysis

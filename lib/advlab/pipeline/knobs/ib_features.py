@@ -3,7 +3,7 @@ Information Bottleneck)."""
 from ..schema import Float, Int, List, Text
 
 KNOBS = {
-    "models": List(Text(), min_len=1),
+    "checkpoints": List(Text(), min_len=1),
     "split_layer": Int(0),
     "beta": Float(0),
     "ib_iters": Int(1),
