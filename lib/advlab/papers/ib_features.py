@@ -374,15 +374,15 @@ def noise_probe_figure(curves: dict, levels, median_sd: dict):
     vs the non-robust units, one panel per model.  ``curves``: {model: noise_probe output}."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.4), squeeze=False)
     for ax, (name, c) in zip(axes[0], curves.items()):
         for part, style in (("robust", "o-"), ("non_robust", "s--")):
             ax.plot(levels, c[part].mean(1).numpy(), style,
                     label=f"noise on {part.replace('_', '-')} units only")
         ax.set_title(f"{name} (median natural std {median_sd[name]:.2g})")
-        ax.set_xlabel("noise std (x median natural std of the units)")
-        ax.set_ylabel("clean accuracy")
+        ax.set_xlabel("noise std / median natural std")
         ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("clean accuracy")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
@@ -392,14 +392,16 @@ def success_figure(curves: dict, radii):
     """Success rate vs L2 distortion, one panel per model: {model: {attack: curve}}."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.3), squeeze=False)
+    styles = ["-", "--", "-", ":", "-."]
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.4), squeeze=False)
     for ax, (name, per_attack) in zip(axes[0], curves.items()):
-        for attack, c in per_attack.items():
-            ax.plot(radii, c.numpy(), label=attack)
+        for i, (attack, c) in enumerate(per_attack.items()):
+            ax.plot(radii, c.numpy(), styles[i % len(styles)], label=attack, lw=2 if i else 3,
+                    alpha=0.85)
         ax.set_title(name)
-        ax.set_xlabel("L2 distortion budget (pixels in [0, 1])")
-        ax.set_ylabel("fraction of clean-correct images fooled")
+        ax.set_xlabel("L2 distortion (pixels in [0, 1])")
         ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("fraction of clean-correct\nimages fooled")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return fig
