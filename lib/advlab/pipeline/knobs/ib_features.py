@@ -1,11 +1,26 @@
-"""Knobs of the ib_features stage (Kim, Lee & Ro, NeurIPS 2021)."""
-from ..schema import Float, Int
+"""Knobs of 06_ib_features (Kim, Lee & Ro, NeurIPS 2021: robust and non-robust features by
+Information Bottleneck)."""
+from ..schema import Float, Int, List, Text
 
 KNOBS = {
-    "n_train_per_class": Int(1),
-    "epochs": Int(1),
-    "batch_size": Int(1),
-    "lr": Float(0, 10),
+    "checkpoints": List(Text(), min_len=1),
+    "split_layer": Int(0),
+    "beta": Float(0),
+    "ib_iters": Int(1),
+    "ib_lr": Float(0, 10),
+    "batch_size": Int(2),
+    "ratio_tau": Float(0),
     "eps": Float(0, 1),
+    "pgd_steps": Int(1),
     "n_eval_per_class": Int(1),
+    "probe_levels": List(Float(0), min_len=2),
+    "probe_claim_level": Float(0),
+    "n_attack_per_class": Int(1),
+    "cw_c": Float(0),
+    "cw_lr": Float(0, 10),
+    "cw_steps": Int(1),
+    "nrf_gamma": Float(0),
+    "l2_budget": Float(0),
+    "aa_iter": Int(1),
+    "aa_targets": Int(1, 9),
 }
