@@ -21,8 +21,7 @@ from advlab.pipeline import stages
 
 from .conftest import ROOT
 
-NOT_YET = {"02_awp", "05_mad",
-           "03_flat_minima", "04_weight_backdoor", "06_ib_features", "07_adml", "08_acav"}
+NOT_YET = {"03_flat_minima", "04_weight_backdoor", "07_adml", "08_acav"}
 
 MAX_CODE_LINES = 25
 HEADINGS = ("## The method", "## Summary", "## Exercises", "## Appendix: reproduction notes")

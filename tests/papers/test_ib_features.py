@@ -170,9 +170,13 @@ def test_unit_explorer_updates_headless():
     assert html.value != first and "non-robust part" in html.value
 
 
-def test_paired_interval_of_identical_arms_is_a_point_and_contains_the_mean():
-    a = torch.tensor([1.0, 0.0, 1.0, 1.0])
-    assert ib.paired_interval(a, a) == (0.0, 0.0)
-    b = torch.tensor([0.0, 0.0, 1.0, 0.0])
+def test_paired_interval_contains_the_difference_and_stays_in_range():
+    a = torch.tensor([1.0, 0.0, 1.0, 1.0] * 10)
+    lo, hi = ib.paired_interval(a, a)
+    assert lo <= 0.0 <= hi and hi - lo < 0.2   # identical arms: a narrow interval around 0
+    b = torch.tensor([0.0, 0.0, 1.0, 0.0] * 10)
     lo, hi = ib.paired_interval(a, b)
-    assert lo <= 0.5 <= hi and 0 <= lo and hi <= 1
+    assert lo <= 0.5 <= hi and -1 <= lo and hi <= 1
+    drops = torch.tensor([0.3, 0.1, 0.2, 0.25])   # not 0/1: the paired bootstrap
+    lo, hi = ib.paired_interval(drops, torch.zeros(4))
+    assert lo <= drops.mean().item() <= hi

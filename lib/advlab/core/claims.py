@@ -23,7 +23,8 @@ what a claim is worth: a ``headline`` claim of the paper, a ``mechanism`` (a dia
 the method works) or a ``sanity`` check; the scorecard counts them separately.
 
 Intervals: ``bootstrap_interval`` (over evaluation examples; Wilson's for an accuracy),
-``paired_bootstrap_interval`` (a difference of two arms on the same examples), ``seed_interval``
+``paired_bootstrap_interval`` (a difference of two arms on the same examples: Newcombe's
+interval for 0/1 outcomes, else a paired bootstrap), ``seed_interval``
 (over training seeds).
 """
 from __future__ import annotations
@@ -238,12 +239,47 @@ def bootstrap_interval(values, stat=np.mean, level: float = 0.95, n_boot: int = 
 
 def paired_bootstrap_interval(a, b, level: float = 0.95, n_boot: int = 2000,
                               seed: int = 0) -> tuple[float, float]:
-    """Interval of mean(a) - mean(b) for two arms measured on the same examples (resampling
-    examples, keeping the pairs)."""
+    """Interval of mean(a) - mean(b) for two arms measured on the same examples.
+
+    Per-example 0/1 outcomes (correct or not, fooled or not) get Newcombe's interval for a
+    difference of paired proportions (``paired_proportions_interval``); anything else a
+    percentile bootstrap over examples, keeping the pairs.  (A difference of 0/1 outcomes is
+    not itself a proportion, so the Wilson shortcut of ``bootstrap_interval`` never applies.)"""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired arms need the same examples: {a.shape} vs {b.shape}")
-    return bootstrap_interval(a - b, np.mean, level, n_boot, seed)
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        return paired_proportions_interval(a, b, level)
+    d = a - b
+    if d.ndim != 1 or len(d) < 2:
+        raise ValueError(f"need a 1-D array of at least 2 values, got shape {d.shape}")
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    point = float(d.mean())
+    return float(min(lo, point)), float(max(hi, point))
+
+
+def paired_proportions_interval(a, b, level: float = 0.95) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) interval of p_a - p_b for paired 0/1 outcomes: Wilson
+    intervals of the two proportions combined with the correlation of the pairs.  Unlike a
+    bootstrap it does not collapse to a point when no pair disagrees (two models right and
+    wrong on exactly the same images on n examples still leave room for a difference)."""
+    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
+    n = len(a)
+    if n < 1 or a.shape != b.shape:
+        raise ValueError("need two 0/1 arms of the same positive length")
+    e, f = int((a & b).sum()), int((a & ~b).sum())
+    g, h = int((~a & b).sum()), int((~a & ~b).sum())
+    p1, p2 = (e + f) / n, (e + g) / n
+    l1, u1 = wilson_interval(e + f, n, level)
+    l2, u2 = wilson_interval(e + g, n, level)
+    den = (e + f) * (g + h) * (e + g) * (f + h)
+    phi = (e * h - f * g) / math.sqrt(den) if den else 0.0
+    dl = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    du = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    d = p1 - p2
+    return float(max(-1.0, d - dl)), float(min(1.0, d + du))
 
 
 def seed_interval(values, level: float = 0.95) -> tuple[float, float] | None:

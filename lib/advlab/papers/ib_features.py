@@ -299,21 +299,18 @@ def median_l2(correct, l2, clean_correct) -> float:
     return float(l2[ok].median()) if ok.any() else float("nan")
 
 
-def paired_interval(a, b, level: float = 0.95, n_boot: int = 2000, seed: int = 0):
-    """Percentile bootstrap interval of mean(a) - mean(b) over paired examples (1-D, same
-    length), widened to contain the point estimate.  Unlike ``core.claims.
-    paired_bootstrap_interval`` it never switches to a Wilson interval when every difference
-    happens to be 0 or 1 (a difference is not a proportion: all-zero differences give [0, 0])."""
+def paired_interval(a, b, level: float = 0.95):
+    """Interval of mean(a) - mean(b) over paired examples (1-D, same length): the workbook's
+    ``core.claims.paired_bootstrap_interval`` (Newcombe's interval for 0/1 outcomes, a paired
+    bootstrap otherwise), on tensors or arrays."""
     import numpy as np
 
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.ndim != 1 or len(d) < 2:
-        raise ValueError(f"need two 1-D arms of at least 2 examples, got shape {d.shape}")
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    point = float(d.mean())
-    return float(min(lo, point)), float(max(hi, point))
+    from ..core.claims import paired_bootstrap_interval
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two 1-D arms of at least 2 examples, got shape {a.shape}")
+    return paired_bootstrap_interval(a, b, level)
 
 
 # --------------------------------------------------------------------------- analysis
