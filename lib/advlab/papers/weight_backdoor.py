@@ -254,7 +254,8 @@ def weight_change(theta0: dict[str, torch.Tensor], theta: dict[str, torch.Tensor
     """How much the weights moved.  ``rel_pXX``: percentiles of ``|theta - theta0| / |theta0|``
     over the weights with ``|theta0| > zero`` (near-zero weights make the ratio explode);
     ``linf`` = max |delta|; ``l2_ratio`` = ||delta||_2 / ||theta0||_2 over all tensors;
-    ``at_bound`` = fraction of weights within 1e-9 of their band edge (when ``bounds``);
+    ``at_bound`` = fraction of weights on their band edge, up to float32 rounding (when
+    ``bounds``);
     ``per_layer`` = {name: ||delta_l|| / ||theta0_l||}."""
     d = torch.cat([(theta[k] - w).flatten() for k, w in theta0.items()]).double()
     w0 = torch.cat([w.flatten() for w in theta0.values()]).double()
@@ -265,7 +266,8 @@ def weight_change(theta0: dict[str, torch.Tensor], theta: dict[str, torch.Tensor
                n_weights=int(len(w0)), n_near_zero=int((~keep).sum()), rel=rel)
     if bounds is not None:
         b = torch.cat([bounds[k].flatten() for k in theta0]).double()
-        out["at_bound"] = float(((d.abs() - b).abs() <= 1e-9 + 1e-6 * b).float().mean())
+        tol = 1e-6 * (w0.abs() + b) + 1e-12          # float32 rounding of theta0 + delta
+        out["at_bound"] = float(((d.abs() - b).abs() <= tol).float().mean())
     out["per_layer"] = {k: float((theta[k] - w).norm() / w.norm().clamp_min(1e-12))
                         for k, w in theta0.items()}
     return out
