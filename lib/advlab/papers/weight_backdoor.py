@@ -320,19 +320,23 @@ def asr_curves(table, modes=("abs", "rel"), method: str = "adam"):
 
 
 def change_histogram(rel: np.ndarray, eps: float, mode: str, label: str):
-    """Histogram of per-weight relative change |delta w| / |w| (log-x, percent)."""
+    """Histogram of per-weight relative change |delta w| / |w| (log-x, percent) of the weights
+    that moved; the median line and the title count every weight in ``rel`` (unmoved ones
+    included)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    r = np.clip(rel * 100, 1e-6, None)
-    ax.hist(r, bins=np.logspace(np.log10(max(r.min(), 1e-6)), np.log10(r.max() + 1e-9), 60),
-            color="tab:red", alpha=0.8)
-    ax.axvline(np.median(r), color="k", ls="--", label=f"median {np.median(r):.3g} %")
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    r = np.asarray(rel) * 100
+    moved = r[r > 0]
+    ax.hist(moved, bins=np.logspace(np.log10(moved.min()), np.log10(moved.max() * 1.01), 60),
+            color="tab:red", alpha=0.8, label="weights that moved")
+    ax.axvline(np.median(r), color="k", ls="--", label=f"median, all weights: {np.median(r):.3g} %")
     ax.set_xscale("log")
     ax.set_xlabel("relative change of one weight |delta w| / |w| (%)")
     ax.set_ylabel("number of weights")
-    ax.set_title(f"{label}, {mode} band eps = {eps:g}")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.set_title(f"{label}, {mode} band eps = {eps:g} ({(r == 0).sum():,} unmoved weights not shown)",
+                 fontsize=9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
     fig.tight_layout()
     return fig
 
