@@ -137,8 +137,10 @@ def evaluate(model, x, y, aa_idx, eps: float, steps: int, restarts: int, aa_vers
     ``aa`` (0/1 on ``x[aa_idx]``: robust to both PGD and AA, the worst case per image)."""
     x_adv = evaluation.adversarial_examples(model, x, y, "pgd", eps, steps=steps,
                                             restarts=restarts)
+    dev = next(model.parameters()).device
     with torch.no_grad(), attacks.eval_mode(model):
-        theta, fooled = theta_hat(torch.cat([model(b) for b in x_adv.split(500)]), y)
+        logits = torch.cat([model(b.to(dev)).cpu() for b in x_adv.split(500)])
+    theta, fooled = theta_hat(logits, y.cpu())
     out = {"clean": evaluation.correct(model, x, y).numpy(),
            "pgd": evaluation.correct(model, x_adv, y).numpy(),
            "theta": theta.numpy(), "fooled": fooled.float().numpy()}
