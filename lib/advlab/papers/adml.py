@@ -136,7 +136,7 @@ def evaluate(model, x, y, aa_idx, eps: float, steps: int, restarts: int, aa_vers
     ``theta`` and ``fooled`` ([N], theta_hat at the PGD examples), and, when ``do_aa``,
     ``aa`` (0/1 on ``x[aa_idx]``: robust to both PGD and AA, the worst case per image)."""
     x_adv = evaluation.adversarial_examples(model, x, y, "pgd", eps, steps=steps,
-                                            restarts=restarts)
+                                            restarts=restarts, progress=True)
     dev = next(model.parameters()).device
     with torch.no_grad(), attacks.eval_mode(model):
         logits = torch.cat([model(b.to(dev)).cpu() for b in x_adv.split(500)])
