@@ -1,21 +1,364 @@
-"""Lee, Kim & Ro, ICCV 2023: <the paper's title> (venue, arXiv id).
+"""Lee, Kim & Ro, ICCV 2023: Mitigating Adversarial Vulnerability through Causal Parameter
+Estimation by Adversarial Double Machine Learning (ADML, arXiv 2307.07250).
 
-<One paragraph: what the method computes, as the official code computes it, with its equation
-in plain text and the shapes of its inputs and outputs.>
+ADML treats the adversarial perturbation ``t = x_adv - x`` as a treatment and estimates its
+causal effect ``theta`` on the prediction, then fine-tunes an adversarially trained network to
+shrink it.  As the official code computes it (``utils/utils.py::dml_loss``), every mini-batch
+is attacked once (PGD), then split in two halves B1, B2:
 
-Official code: <owner/repository, or "none released">.  Deviations: <every choice that differs
-from the paper or the official code, and why>.
+* on B1 the ordinary defence loss: ``CE(f(x_adv_1), y_1)`` (ADML-ADV);
+* on B2, for the *fooled* examples W = {i : argmax p(x_adv_i) != y_i}, a closed-form,
+  per-example, detached ``theta_i = 1 / p(yhat_i | x_adv_i) - 1`` (the odds against the
+  adversarial class, in [0, K-1]) weights two terms, plus a clean CE on all of B2::
 
-Shapes: images ``x`` [B, C, H, W] in [0, 1]; labels ``y`` int64 [B].
+      L_ADML(B2) = mean_W theta * -log(p(y | x_adv) + 1e-3)
+                 + mean_W theta *  log(p(yhat | x_adv) + 1e-3)
+                 + mean_B2 CE(f(x), y)
+
+One optimiser step covers ``L = CE(B1) + L_ADML(B2)``.
+
+Official code: ByungKwanLee/Double-Debiased-Adversary.  Deviations: (1) when no example of B2
+is fooled the two theta terms are skipped and the batch is counted (the official ``mean`` of
+an empty set is NaN, which fp32 on CPU would write into the weights); (2) the fine-tune goes
+through ``advlab.core.training.fit`` with a constant learning rate per epoch (official:
+per-iteration CyclicLR 0 -> 1e-3 -> 0 over 10 epochs); (3) an odd batch gives B2 the extra
+example (official: ``drop_last``); (4) fp32, no AMP/DDP/FFCV.
+
+Shapes: images ``x`` [B, C, H, W] in [0, 1]; labels ``y`` int64 [B]; logits [B, K].
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
+import torch.nn.functional as F
+
+from ..core import attacks, evaluation, training
+
+FLOOR = 1e-3   # the official code's floor inside the logs
 
 
-def placeholder_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The margin of the true class over the best other class, per example: [B] from logits
-    [B, K] and labels [B].  Replace with the paper's own method."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-    return true - other
+# --------------------------------------------------------------------------- the method
+def theta_hat(logits_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example causal parameter on adversarial logits [B, K] with labels [B].
+
+    Returns ``(theta [B], fooled [B] bool)``: ``theta_i = 1 / p(yhat_i) - 1`` for fooled
+    examples (yhat = argmax != y), 0 for the others; detached (no gradient), in [0, K-1]."""
+    p = F.softmax(logits_adv.detach(), 1)
+    p_hat, y_hat = p.max(1)
+    fooled = y_hat != y
+    theta = torch.where(fooled, 1.0 / p_hat - 1.0, torch.zeros_like(p_hat))
+    return theta, fooled
+
+
+def adml_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor,
+              theta_one: bool = False) -> tuple[torch.Tensor, int]:
+    """``L_ADML`` on one half-batch: adversarial logits [B, K], clean logits [B, K], labels [B].
+
+    ``theta_one=True`` replaces theta by 1 (the ablation).  Returns ``(loss, n_fooled)``; with
+    no fooled example the loss is the clean CE alone (finite, never NaN)."""
+    theta, fooled = theta_hat(logits_adv, y)
+    loss = F.cross_entropy(logits_nat, y)
+    n_fooled = int(fooled.sum())
+    if n_fooled:
+        p = F.softmax(logits_adv[fooled], 1)
+        yw = y[fooled]
+        y_hat = p.detach().argmax(1)
+        w = torch.ones_like(theta[fooled]) if theta_one else theta[fooled]
+        p_true = p.gather(1, yw[:, None]).squeeze(1)
+        p_wrong = p.gather(1, y_hat[:, None]).squeeze(1)
+        loss = loss + (w * -torch.log(p_true + FLOOR)).mean() \
+            + (w * torch.log(p_wrong + FLOOR)).mean()
+    return loss, n_fooled
+
+
+@dataclass
+class ADMLMethod(training.Method):
+    """ADML-ADV (or its theta = 1 ablation) as a ``training.Method`` for the shared ``fit``
+    loop: the PGD attack of ``pgd_at`` on the whole batch, then ``CE(B1) + L_ADML(B2)``.
+
+    ``stats`` counts steps, batches with no fooled example (skipped theta terms), fooled and
+    seen examples of B2, and the sum of theta over them."""
+
+    theta_one: bool = False
+
+    def __post_init__(self):
+        self.name = "pgd_at"
+        super().__post_init__()
+        self.stats = {"steps": 0, "skipped": 0, "fooled": 0, "seen": 0, "theta_sum": 0.0}
+
+    def loss(self, model, x, x_adv, y):
+        h = len(y) // 2
+        l1 = F.cross_entropy(model(x_adv[:h]), y[:h]) if h else 0.0
+        logits_adv2 = model(x_adv[h:])
+        l2, n_fooled = adml_loss(logits_adv2, model(x[h:]), y[h:], self.theta_one)
+        s = self.stats
+        s["steps"] += 1
+        s["skipped"] += n_fooled == 0
+        s["fooled"] += n_fooled
+        s["seen"] += len(y) - h
+        s["theta_sum"] += float(theta_hat(logits_adv2, y[h:])[0].sum())
+        return l1 + l2
+
+
+class StatsHook(training.TrainingHook):
+    """Saves and restores an ``ADMLMethod``'s ``stats`` with ``fit``'s checkpoints, so a
+    resumed fine-tune reports the counts of the whole run."""
+
+    def __init__(self, method: ADMLMethod):
+        self.method = method
+
+    def state_dict(self) -> dict:
+        return dict(self.method.stats)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.method.stats.update(state)
+
+
+class BatchRecorder(training.TrainingHook):
+    """Records the labels of every batch ``fit`` trains on (to check that arms see the same
+    batches)."""
+
+    def __init__(self):
+        self.labels = []
+
+    def before_update(self, model, x, x_adv, y, loss_fn) -> None:
+        self.labels.append(y.clone())
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(model, x, y, aa_idx, eps: float, steps: int, restarts: int, aa_version: str,
+             aa_iter: int, aa_targets: int, seed: int, do_aa: bool = True) -> dict:
+    """Per-image results of one model on the evaluation set x [N, C, H, W], y [N].
+
+    Returns numpy arrays: ``clean``, ``pgd`` (0/1 [N], PGD-``steps`` x ``restarts``),
+    ``theta`` and ``fooled`` ([N], theta_hat at the PGD examples), and, when ``do_aa``,
+    ``aa`` (0/1 on ``x[aa_idx]``: robust to both PGD and AA, the worst case per image)."""
+    x_adv = evaluation.adversarial_examples(model, x, y, "pgd", eps, steps=steps,
+                                            restarts=restarts, progress=True)
+    dev = next(model.parameters()).device
+    with torch.no_grad(), attacks.eval_mode(model):
+        logits = torch.cat([model(b.to(dev)).cpu() for b in x_adv.split(500)])
+    theta, fooled = theta_hat(logits, y.cpu())
+    out = {"clean": evaluation.correct(model, x, y).numpy(),
+           "pgd": evaluation.correct(model, x_adv, y).numpy(),
+           "theta": theta.numpy(), "fooled": fooled.float().numpy()}
+    if do_aa:
+        x_aa = evaluation.adversarial_examples(model, x[aa_idx], y[aa_idx], "autoattack", eps,
+                                               version=aa_version, n_iter=aa_iter,
+                                               n_target_classes=aa_targets, seed=seed)
+        out["aa_only"] = evaluation.correct(model, x_aa, y[aa_idx]).numpy()
+        out["aa"] = out["pgd"][aa_idx] * out["aa_only"]
+    return out
+
+
+def group_gain(a, b, y, classes) -> float:
+    """Mean over ``classes`` of the per-class accuracy difference a - b (per-image 0/1
+    arrays [N] of two arms on the same images, labels [N])."""
+    y = np.asarray(y)
+    k = int(np.max(y)) + 1
+    d = per_class(a, y, k) - per_class(b, y, k)
+    return float(np.mean(d[list(classes)]))
+
+
+def weak_minus_rest(a, b, y, weak) -> float:
+    """How much larger the a - b gain is on the ``weak`` classes than on the others."""
+    y = np.asarray(y)
+    k = int(np.max(y)) + 1
+    rest = [c for c in range(k) if c not in set(weak)]
+    return group_gain(a, b, y, weak) - group_gain(a, b, y, rest)
+
+
+def spread_change(a, b, y) -> float:
+    """spread(per-class accuracy of a) - spread(of b)."""
+    y = np.asarray(y)
+    k = int(np.max(y)) + 1
+    return spread(per_class(a, y, k)) - spread(per_class(b, y, k))
+
+
+def arms_table(results: dict, y, aa_idx, seconds: dict, stats: dict, num_classes: int):
+    """One row per arm: clean, PGD, AA-lite (worst case with PGD), worst-class and spread of
+    per-class PGD accuracy, std across classes, expected theta, skipped theta terms, time."""
+    import pandas as pd
+
+    rows = {}
+    for arm, r in results.items():
+        pc = per_class(r["pgd"], y, num_classes)
+        rows[arm] = {"clean": r["clean"].mean(), "PGD": r["pgd"].mean(),
+                     "AA-lite": r["aa"].mean() if "aa" in r else np.nan,
+                     "worst class PGD": np.nanmin(pc), "spread PGD": spread(pc),
+                     "class std PGD": np.nanstd(pc), "E[theta]": r["theta"].mean(),
+                     "skipped batches": stats.get(arm, {}).get("skipped", np.nan),
+                     "fine-tune s": seconds.get(arm, np.nan)}
+    return pd.DataFrame(rows).T
+
+
+def per_class(values, y, num_classes: int) -> np.ndarray:
+    """Class means [K] of per-image ``values`` [N] (0/1 correctness gives per-class accuracy;
+    NaN for a class absent from ``y``)."""
+    v, y = np.asarray(values, float), np.asarray(y)
+    return np.array([v[y == c].mean() if (y == c).any() else np.nan for c in range(num_classes)])
+
+
+def class_theta(theta, fooled, y, num_classes: int) -> dict:
+    """Per class [K]: the fooled fraction, the mean theta over the fooled examples (NaN if
+    none) and the expected theta (mean over all examples, theta = 0 when not fooled)."""
+    theta, fooled, y = np.asarray(theta, float), np.asarray(fooled, float), np.asarray(y)
+    mean_fooled = np.array([theta[(y == c) & (fooled > 0)].mean()
+                            if ((y == c) & (fooled > 0)).any() else np.nan
+                            for c in range(num_classes)])
+    return {"fooled": per_class(fooled, y, num_classes), "theta_fooled": mean_fooled,
+            "theta_expected": per_class(theta, y, num_classes)}
+
+
+def theta_vulnerability_rho(theta, fooled, correct, y, num_classes: int) -> float:
+    """Spearman correlation, over the classes with at least one fooled image, between the
+    mean theta of the fooled images and the class's error rate 1 - mean(correct)."""
+    t = class_theta(theta, fooled, y, num_classes)["theta_fooled"]
+    err = 1 - per_class(correct, y, num_classes)
+    ok = ~np.isnan(t) & ~np.isnan(err)
+    return spearman(t[ok], err[ok]) if ok.sum() >= 3 else float("nan")
+
+
+def spread(acc) -> float:
+    """max - min of per-class accuracies [K]."""
+    return float(np.nanmax(acc) - np.nanmin(acc))
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two vectors (ties get average ranks)."""
+    from scipy import stats
+
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def stratified_bootstrap(stat, arrays, y, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``stat(*arrays, y)`` resampling images *within each class*
+    (the per-class counts stay fixed), with the same indices for every array in ``arrays``
+    (paired: arms measured on the same images).  The interval always contains the point."""
+    y = np.asarray(y)
+    arrays = [np.asarray(a, float) for a in arrays]
+    rng = np.random.default_rng(seed)
+    pools = [np.flatnonzero(y == c) for c in np.unique(y)]
+    boots = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(p, len(p)) for p in pools])
+        boots.append(stat(*[a[idx] for a in arrays], y[idx]))
+    point = stat(*arrays, y)
+    lo, hi = np.nanquantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return float(min(lo, point)), float(max(hi, point))
+
+
+# --------------------------------------------------------------------------- figures
+def plot_phenomenon(accs: dict, class_names, ylabel: str):
+    """Per-class robust accuracy of several AT models ({label: [K]}), classes sorted by the
+    first model's accuracy, one line per model."""
+    import matplotlib.pyplot as plt
+
+    first = np.asarray(next(iter(accs.values())))
+    order = np.argsort(first)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for label, acc in accs.items():
+        ax.plot(range(len(order)), np.asarray(acc)[order], marker="o", label=label)
+    ax.set_xticks(range(len(order)), [class_names[i] for i in order], rotation=35, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_class_arms(accs: dict, n_per_class: int, class_names, ylabel: str):
+    """Grouped bars of per-class accuracy for each arm ({arm: [K]}), with 95% Wilson
+    intervals from ``n_per_class`` images per class."""
+    import matplotlib.pyplot as plt
+
+    from ..core.claims import wilson_interval
+
+    k, m = len(class_names), len(accs)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / m
+    for j, (arm, acc) in enumerate(accs.items()):
+        acc = np.asarray(acc)
+        iv = np.array([wilson_interval(int(round(a * n_per_class)), n_per_class) for a in acc])
+        err = np.stack([acc - iv[:, 0], iv[:, 1] - acc])
+        ax.bar(np.arange(k) + (j - (m - 1) / 2) * width, acc, width, yerr=err, capsize=2,
+               label=arm)
+    ax.set_xticks(range(k), class_names, rotation=35, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_theta(thetas: dict, class_names, ylabel: str):
+    """Grouped bars of a per-class theta statistic ({model: [K]})."""
+    import matplotlib.pyplot as plt
+
+    k, m = len(class_names), len(thetas)
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    width = 0.8 / m
+    for j, (name, th) in enumerate(thetas.items()):
+        ax.bar(np.arange(k) + (j - (m - 1) / 2) * width, np.nan_to_num(th), width, label=name)
+    ax.set_xticks(range(k), class_names, rotation=35, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- widget
+def class_explorer(results: dict, y, class_names, aa_idx=None, display: bool = True):
+    """A class picker: for the chosen class, each arm's clean, PGD and AA-lite accuracy and
+    its mean theta over fooled images, as bars and a one-line text.
+
+    ``results``: {arm: output of ``evaluate``}; ``y`` [N] the evaluation labels; ``aa_idx``
+    the AA subset's indices.  Returns the widget box (``display=False`` only builds it)."""
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+
+    y = np.asarray(y)
+    pick = W.Dropdown(options=[(n, i) for i, n in enumerate(class_names)], value=0,
+                      description="class")
+    text, out = W.HTML(), W.Output()
+
+    def update(_=None):
+        c = pick.value
+        rows = {}
+        for arm, r in results.items():
+            m = y == c
+            row = {"clean": r["clean"][m].mean(), "PGD": r["pgd"][m].mean()}
+            if "aa" in r and aa_idx is not None:
+                row["AA-lite"] = r["aa"][y[aa_idx] == c].mean()
+            fooled = m & (r["fooled"] > 0)
+            row["theta"] = r["theta"][fooled].mean() if fooled.any() else float("nan")
+            rows[arm] = row
+        text.value = f"<b>{class_names[c]}</b>: " + "; ".join(
+            f"{a} PGD {v['PGD']:.0%}, mean theta {v['theta']:.2f}" for a, v in rows.items())
+        out.clear_output(wait=True)
+        with out:
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
+            keys = [k for k in ("clean", "PGD", "AA-lite") if k in next(iter(rows.values()))]
+            for j, (arm, v) in enumerate(rows.items()):
+                a1.bar(np.arange(len(keys)) + j * 0.8 / len(rows), [v[k] for k in keys],
+                       0.8 / len(rows), label=arm)
+                a2.bar(j, v["theta"])
+            a1.set_xticks(np.arange(len(keys)) + 0.4 - 0.4 / len(rows), keys)
+            a1.set_ylabel("accuracy on this class")
+            a1.set_ylim(0, 1)
+            a2.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right")
+            a2.set_ylabel("mean theta (fooled images)")
+            a1.legend(fontsize=7)
+            fig.tight_layout()
+            plt.show()
+
+    pick.observe(update, names="value")
+    update()
+    box = W.VBox([pick, text, out])
+    if display:
+        from IPython.display import display as ipy_display
+        ipy_display(box)
+    return box
