@@ -296,9 +296,10 @@ THREADS_ENV = "ADVLAB_THREADS"
 
 
 def set_threads(threads: int | None) -> int:
-    """Pin torch's CPU threads: ``$ADVLAB_THREADS`` if set (the parallel runner gives each of
-    its concurrent stages one core), else ``threads`` if given, else at most the machine's
-    cores.  Returns the number in force."""
+    """Pin the CPU threads of torch and of numpy's / scikit-learn's BLAS and OpenMP pools:
+    ``$ADVLAB_THREADS`` if set (the parallel runner gives each of its concurrent stages one
+    core), else ``threads`` if given, else at most the machine's cores.  Returns the number in
+    force."""
     env = os.environ.get(THREADS_ENV)
     if env:
         if not env.isdigit() or int(env) < 1:
@@ -307,6 +308,12 @@ def set_threads(threads: int | None) -> int:
         threads = int(env)
     n = threads or min(torch.get_num_threads(), os.cpu_count() or 1)
     torch.set_num_threads(max(1, int(n)))
+    try:  # numpy's and scikit-learn's BLAS / OpenMP pools too (they default to every core)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, int(n)))
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
     return torch.get_num_threads()
 
 
