@@ -36,8 +36,9 @@ from . import stages as stages_mod
 
 # Rough default-profile minutes of each stage on one core (for the order only; the log of a
 # run prints the real times).  Unknown stages count as 5.
-WEIGHT = {"00_baselines": 10, "01_regional": 5, "02_awp": 9, "05_mad": 14, "09_aae_anomaly": 5,
-          "99_report": 0.2}
+WEIGHT = {"00_baselines": 12, "01_regional": 5, "02_awp": 9, "03_flat_minima": 3,
+          "04_weight_backdoor": 4, "05_mad": 14, "06_ib_features": 2, "07_adml": 4,
+          "08_acav": 2, "09_aae_anomaly": 5, "99_report": 0.2}
 
 
 def upstream(stage: stages_mod.Stage) -> set[str]:
