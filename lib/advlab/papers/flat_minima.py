@@ -419,8 +419,8 @@ def landscape(model, x, y, eps: float, direction: dict, alphas, steps: int,
 def landscape_explorer(models: dict, x, y, eps: float, steps: int = 5, seed: int = 0):
     """An ipywidgets view: pick a model and a relative radius xi, press the button, and see
     the robust loss along one random direction of that radius (PGD re-run at every point)
-    and the average-case flatness it implies.  ``models``: {name: model}; (x, y): a small test
-    subset.  Returns the widget (``.children``: controls, button, output)."""
+    and its mean rise at the ends.  ``models``: {name: model}; (x, y): a small test subset.
+    Returns the widget (``.children``: controls, button, text line, plot output)."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -429,6 +429,7 @@ def landscape_explorer(models: dict, x, y, eps: float, steps: int = 5, seed: int
     xi = W.FloatSlider(value=0.5, min=0.1, max=1.5, step=0.1, description="xi",
                        continuous_update=False)
     go = W.Button(description="measure")
+    info = W.HTML("press <i>measure</i>")
     out = W.Output()
     alphas = [-1.0, -0.5, 0.0, 0.5, 1.0]
 
@@ -437,20 +438,22 @@ def landscape_explorer(models: dict, x, y, eps: float, steps: int = 5, seed: int
         direction = weights.relative_sphere_sample(
             flat_layers(model), xi.value, torch.Generator().manual_seed(seed))
         curve = landscape(model, x, y, eps, direction, alphas, steps, seed)
+        rise = 0.5 * (curve[0] + curve[-1]) - curve[2]
+        info.value = (f"{pick.value}, xi = {xi.value:g}: robust loss {curve[2]:.3f} at w, "
+                      f"mean rise {rise:.3f} at |alpha| = 1")
         out.clear_output(wait=True)
         with out:
             fig, ax = plt.subplots(figsize=(4.5, 3))
             ax.plot(alphas, curve, marker="o", color="tab:red")
             ax.set_xlabel(f"alpha (weights w + alpha * nu, ||nu_l|| = {xi.value:g} ||w_l||)")
             ax.set_ylabel("robust loss (PGD cross-entropy)")
-            ax.set_title(f"{pick.value}: rise at |alpha| = 1: "
-                         f"{0.5 * (curve[0] + curve[-1]) - curve[2]:.3f}", fontsize=9)
             plt.show()
+            plt.close(fig)
         return curve
 
     go.on_click(update)
     xi.observe(update, names="value")
-    box = W.VBox([W.HBox([pick, xi]), go, out])
+    box = W.VBox([W.HBox([pick, xi]), go, info, out])
     display(box)
     return box
 
@@ -475,7 +478,8 @@ def xi_sweep(model, x, y, eps: float, xis, steps: int, seed: int = 0) -> list[di
 def rescaled_copy(model, conv: str, bn: str, c: float):
     """A copy of ``model`` computing the same function in eval mode with the kernel of the
     conv layer ``conv`` (which feeds the BatchNorm ``bn``) multiplied by ``c``: BN's running
-    mean scales by ``c`` and its running variance by ``c**2`` (equal up to BN's epsilon)."""
+    mean scales by ``c``, its running variance and its epsilon by ``c**2``, so
+    ``(c z - c m) / sqrt(c^2 v + c^2 eps)`` is the original normalised value."""
     import copy
 
     out = copy.deepcopy(model)
@@ -486,4 +490,5 @@ def rescaled_copy(model, conv: str, bn: str, c: float):
             mods[conv].bias.mul_(c)
         mods[bn].running_mean.mul_(c)
         mods[bn].running_var.mul_(c * c)
+    mods[bn].eps *= c * c
     return out
