@@ -180,3 +180,12 @@ def test_paired_interval_of_a_difference_never_uses_wilson_on_the_differences():
     assert lo < 0 < hi                                    # ... but n = 30 leaves room
     lo2, hi2 = claims_mod.paired_bootstrap_interval(np.ones(30), np.zeros(30))
     assert lo2 > 0.8 and hi2 == 1.0
+
+
+def test_a_nan_interval_is_dropped_and_said():
+    c = Claims("x")
+    rec = c.check("k", "s", "p", float("nan"), ">", 0, interval=(float("nan"), float("nan")))
+    assert rec.interval is None and rec.verdict == "inconclusive"
+    assert "no interval" in rec.note
+    rec = c.check("k2", "s", "p", 0.5, ">", 0, interval=(0.2, float("nan")))
+    assert rec.interval is None and rec.verdict == "holds"  # the point estimate decides

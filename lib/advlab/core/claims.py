@@ -111,6 +111,10 @@ class Claims:
         claim is inconclusive whatever the number, and the reason joins the note."""
         measured = float(measured)
         iv = None if interval is None else [float(interval[0]), float(interval[1])]
+        if iv is not None and any(math.isnan(b) for b in iv):  # e.g. too few examples
+            iv = None
+            note = f"{note}; no interval (not computable here)" if note else \
+                "no interval (not computable here)"
         v = verdict(measured, op, threshold, iv)
         if caveat:
             note = f"{note}; caveat: {caveat}" if note else f"caveat: {caveat}"
