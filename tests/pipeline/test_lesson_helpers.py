@@ -38,3 +38,8 @@ def test_math_becomes_mathml_but_code_and_prices_do_not():
     assert 'display="block"' in out and 'display="inline"' in out
     assert "`a $b$ c`" in out and r"\$5" in out and "3$ 4$" in out
     assert "$" not in out.replace("`a $b$ c`", "").replace(r"\$5", "").replace("3$ 4$", "")
+
+
+def test_inline_math_may_wrap_a_line_but_not_a_paragraph():
+    out = math_to_mathml("the loss $L(w;\nS)$ here, and a price $5\n\nthen $3 more")
+    assert out.count("<math") == 1 and "$5" in out and "$3" in out

@@ -32,8 +32,8 @@ def _kernel_name() -> str:
 
 
 # $$display$$ before $inline$; a dollar escaped as \$ or inside `code` is not math.
-_MATH = re.compile(r"(?<![\\$])\$\$(.+?)\$\$|(?<![\\$])\$(?!\s)([^$\n]+?)(?<!\s)\$(?!\d)",
-                   re.S)
+_MATH = re.compile(r"(?<![\\$])\$\$(.+?)\$\$|"
+                   r"(?<![\\$])\$(?!\s)((?:(?!\n\s*\n)[^$])+?)(?<!\s)\$(?!\d)", re.S)
 _CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 
 
