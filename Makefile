@@ -60,10 +60,11 @@ test-fast: data
 
 # (as root, e.g. in a container, Jupyter needs --allow-root)
 lab: data
-	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 bench: data
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/load.py
 
 lint: setup
 	$(BIN)/ruff check lib tests benchmarks tools

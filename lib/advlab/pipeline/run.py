@@ -136,6 +136,10 @@ def execute(stage: str, profile: str | None = None, out_dir: str | os.PathLike |
     os.environ["ADVLAB_RESULTS_DIR"] = str(results_dir)  # the kernel inherits these
     os.environ.setdefault("ADVLAB_PROGRESS", "text")
     os.environ["ADVLAB_PIPELINE"] = "1"  # notebook.is_live() is False: no widgets
+    # OpenMP threads that wait by sleeping, not spinning: beside one busy process a 2-thread
+    # PGD-AT step slowed 1.49x with PASSIVE against 2.45x with the default, and was no slower
+    # idle (benchmarks/load.py, benchmarks/RESULTS.md).  Read by the kernel at start-up.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         pm.execute_notebook(str(src), str(dest), parameters=p, kernel_name=_kernel_name(),
                             language="python",
