@@ -107,3 +107,19 @@ def test_claims_json_of_the_committed_results_are_well_formed():
     for path in sorted((ROOT / "results").glob("*/claims.json")):
         blob = json.loads(path.read_text())
         assert blob["stage"] == path.parent.name and blob["n"] == len(blob["claims"])
+
+
+def test_every_widget_is_built_by_a_test():
+    """A widget a notebook shows (an ``*_explorer`` or ``*_picker`` in a paper module or in
+    core/widgets.py) is built headless and updated by some test."""
+    import re
+
+    names = set()
+    for f in [*(ROOT / "lib" / "advlab" / "papers").glob("*.py"),
+              ROOT / "lib" / "advlab" / "core" / "widgets.py"]:
+        names |= set(re.findall(r"^def (\w+_(?:explorer|picker))\(", f.read_text(), re.M))
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py")
+                      if p.name != "test_contract.py")
+    assert names, "no widgets found: the pattern is out of date"
+    untested = sorted(n for n in names if n not in tests)
+    assert not untested, f"widgets no test builds: {untested}"
