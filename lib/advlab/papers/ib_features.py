@@ -33,6 +33,7 @@ Shapes: images ``x`` [B, C, H, W] in [0, 1]; labels ``y`` int64 [B]; features ``
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,22 @@ RULES = ("global", "per_sample", "ratio")
 
 
 # --------------------------------------------------------------------------- the split
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """``model`` in eval mode with every parameter's ``requires_grad`` off, both restored on
+    exit (the distillation and the attacks optimise inputs or noise, never the network)."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    with eval_mode(model):
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, f in zip(params, flags):
+                p.requires_grad_(f)
+
+
 class SplitNet:
     """A ``nn.Sequential`` classifier cut after layer ``at``: ``features(x)`` is ``Z`` (the
     output of layers 0..at), ``head(Z)`` the logits.  ReLUs in the head run out of place, so
@@ -102,27 +119,19 @@ def distill(net: SplitNet, x, y, beta: float = 0.3, iters: int = 200, lr: float 
     the network frozen and in eval mode (its parameters' ``requires_grad`` and mode are
     restored afterwards).  ``y``: the labels the prediction must keep (ground truth, also for
     adversarial inputs, as the official code)."""
-    params = list(net.model.parameters())
-    flags = [p.requires_grad for p in params]
-    with eval_mode(net.model):
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            with torch.no_grad():
-                z = net.features(x)
-            lam = torch.zeros(*z.shape[:2], 1, 1, device=z.device, requires_grad=True)
-            opt = torch.optim.Adam([lam], lr=lr)
-            losses = []
-            for _ in range(iters):
-                noise = torch.randn(lam.shape, generator=generator).to(z.device)
-                loss, _, _ = ib_loss(net.head, z, y, lam, noise, beta)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
+    with frozen(net.model):
+        with torch.no_grad():
+            z = net.features(x)
+        lam = torch.zeros(*z.shape[:2], 1, 1, device=z.device, requires_grad=True)
+        opt = torch.optim.Adam([lam], lr=lr)
+        losses = []
+        for _ in range(iters):
+            noise = torch.randn(lam.shape, generator=generator).to(z.device)
+            loss, _, _ = ib_loss(net.head, z, y, lam, noise, beta)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
     return Distilled(z, F.softplus(lam).detach(), natural_variance(z), losses)
 
 
@@ -207,33 +216,25 @@ def min_norm_attack(net: SplitNet, x, y, mask=None, c: float = 0.1, gamma: float
     Per example it keeps the misclassified ``x'`` of smallest L2, else returns the clean ``x``.
     Returns (x_adv [B, ...] in [0, 1], found [B] bool)."""
     x = x.detach()
-    params = list(net.model.parameters())
-    flags = [p.requires_grad for p in params]
-    with eval_mode(net.model):
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            w = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
-            opt = torch.optim.Adam([w], lr=lr)
-            best, best_l2 = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
-            check, prev = max(steps // 3, 1), float("inf")
-            for t in range(steps):
-                xa = (torch.tanh(w) + 1) / 2
-                cost, logits, l2 = attack_cost(net, xa, x, y, mask, c, gamma)
-                opt.zero_grad()
-                cost.backward()
-                opt.step()
-                with torch.no_grad():
-                    better = (logits.argmax(1) != y) & (l2.sqrt() < best_l2)
-                    best_l2 = torch.where(better, l2.sqrt(), best_l2)
-                    best[better] = xa.detach()[better]
-                if t % check == 0:
-                    if float(cost.detach()) > prev:
-                        break
-                    prev = float(cost.detach())
-        finally:
-            for p, f in zip(params, flags):
-                p.requires_grad_(f)
+    with frozen(net.model):
+        w = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
+        opt = torch.optim.Adam([w], lr=lr)
+        best, best_l2 = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
+        check, prev = max(steps // 3, 1), float("inf")
+        for t in range(steps):
+            xa = (torch.tanh(w) + 1) / 2
+            cost, logits, l2 = attack_cost(net, xa, x, y, mask, c, gamma)
+            opt.zero_grad()
+            cost.backward()
+            opt.step()
+            with torch.no_grad():
+                better = (logits.argmax(1) != y) & (l2.sqrt() < best_l2)
+                best_l2 = torch.where(better, l2.sqrt(), best_l2)
+                best[better] = xa.detach()[better]
+            if t % check == 0:
+                if float(cost.detach()) > prev:
+                    break
+                prev = float(cost.detach())
     return best, torch.isfinite(best_l2)
 
 
