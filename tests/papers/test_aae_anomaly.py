@@ -9,14 +9,7 @@ import torch
 
 from advlab.papers import aae_anomaly as aae
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs: one thread (two OpenMP threads on a shared 2-core CPU are 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/papers/conftest.py
 
 
 def _toy_images(n=40, seed=0):

@@ -9,14 +9,7 @@ from torch import nn
 from advlab.core import data
 from advlab.papers import weight_backdoor as wb
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the notebook uses (two threads crawl on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/papers/conftest.py
 
 
 def toy_model(seed=0, bn=True, classes=3):
