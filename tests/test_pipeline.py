@@ -217,8 +217,8 @@ def test_seed_sweep_runs_through_the_queue_and_reports_every_seed(smoke_repo):
         assert "| seed 0 | seed 1 |" in md and "## 01_regional" in md
         rows = [ln for ln in md.splitlines() if ln.startswith("| ") and " of 2 |" in ln]
         assert rows, md  # every claim of the stage, seen on both seeds
-    finally:
-        (repo / "SEEDS.md").unlink(missing_ok=True)
+    finally:  # SEEDS.md is tracked (the committed sweep): put the committed one back
+        sh("git", "checkout", "--", "SEEDS.md", cwd=repo)
 
 
 def test_corrupt_data_stops_repro_before_any_stage_and_keeps_data_dvc(smoke_repo):
