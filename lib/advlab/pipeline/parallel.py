@@ -19,7 +19,10 @@ treeverse/dvc#5795):
 
 So the result is the one ``dvc repro`` gives: the same ``dvc.lock``, a no-op second run, only
 changed stages re-run.  Each worker's notebook gets ``ADVLAB_THREADS`` threads (1 by default
-with two jobs) and its log goes to ``logs/STAGE.log``.
+with two jobs) and its log goes to ``logs/STAGE.log``.  When a core would idle because every
+stage left waits for the ones running (the tail of the pipeline), the running stages are
+granted its threads through ``logs/STAGE.threads`` (read by ``core.progress.regrant`` as their
+progress bars advance), and give them back when a new stage starts.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.progress import GRANT_ENV
 from ..paths import repo_root
 from . import stages as stages_mod
 
@@ -115,6 +119,24 @@ def _record(root: Path, jobs, threads, wall, timings, load_start) -> None:
         "process_seconds": timings}, indent=2) + "\n")
 
 
+def grants(running: list[str], waiting: bool, jobs: int, threads: int) -> dict[str, int]:
+    """Threads each running stage may use: ``threads`` each, plus, when nothing else could start
+    (``waiting`` is False: no stale stage is ready), the idle slots' threads shared out in
+    ``running``'s order.  With 2 jobs of 1 thread, a stage left running alone gets 2."""
+    out = {n: threads for n in running}
+    if running and not waiting:
+        spare = (jobs - len(running)) * threads
+        for i in range(spare):
+            out[running[i % len(running)]] += 1
+    return out
+
+
+def _grant(path: Path, n: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{n}\n")
+    tmp.replace(path)  # atomic: a reader sees the old or the new number, never half
+
+
 def _fmt(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
@@ -143,6 +165,7 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
     timings: dict[str, float] = {}
     load_start = _load()
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    granted: dict[str, int] = {}
     t_start, last_beat = time.perf_counter(), time.perf_counter()
     while True:
         blocked = {n for n in reg if graph[n] & (failed | skipped)} - done - failed - skipped
@@ -158,7 +181,12 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
                 continue
             _clear_outputs(root, n)
             log = open(logs / f"{n}.log", "w")  # noqa: SIM115 - closed when the worker ends
-            p = subprocess.Popen(["bash", "tools/advlab", "run", n], cwd=root, env=env,
+            grant_file = logs / f"{n}.threads"
+            if threads:
+                _grant(grant_file, threads)
+            p = subprocess.Popen(["bash", "tools/advlab", "run", n], cwd=root,
+                                 env={**env, GRANT_ENV: str(grant_file.resolve())}
+                                 if threads else env,
                                  stdout=log, stderr=subprocess.STDOUT)
             running[n] = (p, time.perf_counter(), log)
             print(f"  {n}: started ({_fmt(time.perf_counter() - t_start)})", flush=True)
@@ -166,6 +194,14 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
             if ready:
                 continue  # skipped up-to-date stages may have unblocked others
             break
+        if threads:
+            waiting = any(n not in running and n not in done for n in ready)
+            for n, k in grants(list(running), waiting, jobs, threads).items():
+                if k != granted.get(n, threads):
+                    _grant(logs / f"{n}.threads", k)
+                    print(f"  {n}: {k} threads (nothing else can start)" if k > threads
+                          else f"  {n}: back to {k} thread(s)", flush=True)
+                granted[n] = k
         time.sleep(0.5)
         for n, (p, t0, log) in list(running.items()):
             if p.poll() is None:
