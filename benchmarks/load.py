@@ -24,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -45,10 +46,11 @@ def step():
     loss = meth.loss(m, x, xa, y)
     opt.zero_grad(); loss.backward(); opt.step()
 step(); step()
-n, t0 = 0, time.perf_counter()
+n, t0, c0 = 0, time.perf_counter(), time.process_time()
 while time.perf_counter() - t0 < {seconds}:
     step(); n += 128
-print(n / (time.perf_counter() - t0))
+wall = time.perf_counter() - t0
+print(n / wall, (time.process_time() - c0) / wall)
 """
 
 
@@ -57,9 +59,11 @@ def _spin(stop):
         pass
 
 
-def measure(workers: int, threads: int, passive: bool, busy: int, seconds: float) -> float:
+def measure(workers: int, threads: int, passive: bool, busy: int,
+            seconds: float) -> tuple[float, float]:
     """Aggregate images/s of ``workers`` concurrent processes of ``threads`` threads each,
-    beside ``busy`` spinning processes."""
+    beside ``busy`` spinning processes, and the cores they got (their CPU seconds per wall
+    second, summed)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     env.pop("OMP_WAIT_POLICY", None)
     if passive:
@@ -72,7 +76,8 @@ def measure(workers: int, threads: int, passive: bool, busy: int, seconds: float
         code = WORKER.format(lib=str(HERE.parent / "lib"), threads=threads, seconds=seconds)
         procs = [subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
                                   stdout=subprocess.PIPE) for _ in range(workers)]
-        return sum(float(p.communicate()[0].strip()) for p in procs)
+        got = [tuple(map(float, p.communicate()[0].split())) for p in procs]
+        return sum(g[0] for g in got), sum(g[1] for g in got)
     finally:
         stop.set()
         for p in spinners:
@@ -90,18 +95,35 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--busy", type=int, default=1, help="spinning background processes")
     ap.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="idle / loaded pairs per shape, alternated (medians reported)")
+    ap.add_argument("--shapes", type=int, nargs="*", default=None,
+                    help="indices into SHAPES (default: all)")
     args = ap.parse_args(argv)
     out = {"cores": os.cpu_count(), "busy": args.busy, "seconds": args.seconds,
            "load_at_start": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
            "shapes": {}}
-    for name, w, t, passive in SHAPES:
-        idle = measure(w, t, passive, 0, args.seconds)
-        loaded = measure(w, t, passive, args.busy, args.seconds)
-        out["shapes"][name] = {"idle_img_per_s": round(idle, 1),
-                               "loaded_img_per_s": round(loaded, 1),
-                               "slowdown": round(idle / loaded, 2)}
-        print(f"{name:38s} idle {idle:7.1f} img/s   beside {args.busy} busy: {loaded:7.1f} "
-              f"img/s   slowdown {idle / loaded:.2f}x", flush=True)
+    for i, (name, w, t, passive) in enumerate(SHAPES):
+        if args.shapes is not None and i not in args.shapes:
+            continue
+        pairs = [(measure(w, t, passive, 0, args.seconds),
+                  measure(w, t, passive, args.busy, args.seconds)) for _ in range(args.repeats)]
+        idle = statistics.median(p[0][0] for p in pairs)
+        loaded = statistics.median(p[1][0] for p in pairs)
+        cores_idle = statistics.median(p[0][1] for p in pairs)
+        cores_loaded = statistics.median(p[1][1] for p in pairs)
+        # slowdown = (cores lost) x (work per CPU-second lost): the first is the scheduler's
+        # share, the second what sharing caches and memory bandwidth costs on top
+        out["shapes"][name] = {
+            "idle_img_per_s": round(idle, 1), "loaded_img_per_s": round(loaded, 1),
+            "slowdown": round(idle / loaded, 2),
+            "slowdowns": [round(a[0] / b[0], 2) for a, b in pairs],
+            "cores_idle": round(cores_idle, 2), "cores_loaded": round(cores_loaded, 2),
+            "cpu_share_slowdown": round(cores_idle / cores_loaded, 2),
+            "per_cpu_second_slowdown": round((idle / cores_idle) / (loaded / cores_loaded), 2)}
+        print(f"{name:38s} idle {idle:7.1f} img/s on {cores_idle:.2f} cores   beside "
+              f"{args.busy} busy: {loaded:7.1f} img/s on {cores_loaded:.2f} cores   slowdown "
+              f"{idle / loaded:.2f}x (repeats: {out['shapes'][name]['slowdowns']})", flush=True)
     (HERE / "load.json").write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {HERE / 'load.json'}")
     return 0
