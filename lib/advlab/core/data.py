@@ -322,6 +322,29 @@ def load_arrays(name: str, split: str, root: str | os.PathLike | None = None):
     return x, y
 
 
+def class_counts(name: str, split: str, root: str | os.PathLike | None = None) -> dict[int, int]:
+    """{class: number of examples} of a dataset split, read from its label array only (cheap:
+    a few kB), for checking size knobs before any work.  Raises ``DataError`` like
+    ``load_arrays`` when the files are missing or corrupt."""
+    info = dataset_info(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "cifar10":
+        y = _cifar10_arrays(split)[1]
+    else:
+        path = data_dir(root) / name / f"{split}_labels.npy"
+        if not path.exists():
+            raise DataError(f"{name}: {path.name} not found in {path.parent}; run `make data` "
+                            "(python -m advlab data fetch) first")
+        try:
+            y = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{name}: {path} is corrupt ({e}); rebuild it with "
+                            "`make data` (python -m advlab data fetch --force)") from e
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=info.num_classes)
+    return {c: int(n) for c, n in enumerate(counts)}
+
+
 def load_dataset(name: str, split: str, root: str | os.PathLike | None = None):
     """Return (x, y): float32 [N, C, H, W] in [0, 1] and int64 [N]."""
     x, y = load_arrays(name, split, root)
