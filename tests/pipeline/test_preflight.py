@@ -166,3 +166,10 @@ def test_every_stage_that_can_read_a_dataset_depends_on_its_stamp():
     for s in stages.STAGES:
         stamps = {d for d in dvc[s.name]["deps"] if d.startswith("results/data/")}
         assert stamps == {f"results/data/{d}.md5" for d in s.datasets}, s.name
+
+
+def test_check_fits_names_the_knob_the_source_and_the_largest_value():
+    notebook.check_fits("02_awp's subsets", {"n_test_per_class": (20, 20), "n": (None, 3)})
+    with pytest.raises(ParamsError, match=r"n_test_per_class \(30\): 02_awp's subsets hold 20 "
+                                          r"images per class; the largest value that fits is 20"):
+        notebook.check_fits("02_awp's subsets", {"n_test_per_class": (30, 20)})

@@ -360,6 +360,17 @@ def preflight(stage: str, p: dict, data_root=None) -> dict:
         return {}
 
 
+def check_fits(source: str, sizes: dict) -> None:
+    """Size knobs checked against a set only known once the notebook runs (e.g. another stage's
+    subsets, read from its checkpoint): ``sizes`` maps a knob (or a sum of knobs) to
+    ``(value, available per class)``.  Raises ``ParamsError`` naming the knob, ``source`` and
+    the largest value that fits, before the work that would fail on it."""
+    bad = [f"{k} ({v}): {source} hold {n} images per class; the largest value that fits is {n}"
+           for k, (v, n) in sizes.items() if v is not None and n is not None and v > n]
+    if bad:
+        raise params_mod.ParamsError("sizes that do not fit: " + "; ".join(bad))
+
+
 def setup(stage: str, namespace: dict, threads: int | None = None) -> Run:
     """Collect the parameters of ``stage`` from ``namespace`` (the notebook's globals), check
     them against the stage's knob declarations, seed everything, pick the device, pin the CPU
