@@ -13,6 +13,8 @@ the way the README drives it:
   never rewritten;
 - a seed sweep runs through the queue (`python -m advlab seeds`) and SEEDS.md shows each seed;
 - metrics are versioned by git: `dvc metrics diff HEAD` and `dvc exp show` compare runs.
+- with `common.dataset: mnist5k` (a second clone), every stage that supports it runs and
+  reports the same claims, and the others stop in setup saying why.
 Also: a failing notebook names its cell."""
 import json
 import os
