@@ -66,8 +66,9 @@ class Stage:
 
     @property
     def supported(self) -> tuple:
-        """Every dataset its ``dataset`` knob may name."""
-        return self.datasets + self.external
+        """Every dataset its ``dataset`` knob may name (none for a stage that reads no data,
+        the report)."""
+        return self.datasets + self.external if self.datasets else ()
 
     def check_dataset(self, name: str) -> None:
         """Raise ``ParamsError`` if ``name`` is not a dataset this stage supports."""
@@ -106,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
               "so it reads both offline datasets whatever common.dataset says; CIFAR-10 is not "
               "one of the paper's benchmarks",
           plots={"memorisation.csv": {"x": "epoch", "y": "ratio"}}),
-    Stage("99_report", datasets=(), external=()),
+    Stage("99_report", datasets=()),
 )
 REPORT = "99_report"
 
