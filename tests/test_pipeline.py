@@ -13,6 +13,8 @@ the way the README drives it:
   never rewritten;
 - a seed sweep runs through the queue (`python -m advlab seeds`) and SEEDS.md shows each seed;
 - metrics are versioned by git: `dvc metrics diff HEAD` and `dvc exp show` compare runs.
+- with `common.dataset: mnist5k` (a second clone), every stage that supports it runs and
+  reports the same claims, and the others stop in setup saying why.
 Also: a failing notebook names its cell."""
 import json
 import os
@@ -70,14 +72,12 @@ def set_param(repo, file, section, key, value):
     path.write_text(yaml.safe_dump(d, sort_keys=False))
 
 
-@pytest.fixture(scope="session")
-def smoke_repo(tmp_path_factory):
-    """A clone of the working tree (tracked + new files) on the smoke profile, set up as the
-    README's setup command leaves it (data/ built and cached, a .venv: here a link to this
-    one), after one run of `make repro`'s runner, with the run committed."""
+def clone(dest: Path, **common) -> Path:
+    """A clone of the working tree (tracked + new files) in ``dest`` on the smoke profile (and
+    the ``common`` values given), set up as the README's setup command leaves it (data/ built
+    and cached, a .venv: here a link to this one), committed."""
     if not (ROOT / "data" / "fashion_mnist").exists():
         pytest.skip("data/ missing: run `make data`")
-    dest = tmp_path_factory.mktemp("workbook")
     files = sh("git", "ls-files", "--cached", "--others", "--exclude-standard", "-z",
                cwd=ROOT).stdout.split("\0")
     for f in filter(None, files):
@@ -86,11 +86,19 @@ def smoke_repo(tmp_path_factory):
             shutil.copy2(ROOT / f, dest / f)
     shutil.copytree(ROOT / "data", dest / "data")
     (dest / ".venv").symlink_to(VENV)
-    set_param(dest, "params.yaml", "common", "profile", "smoke")
+    for k, v in {"profile": "smoke", **common}.items():
+        set_param(dest, "params.yaml", "common", k, v)
     git(dest, "init", "-q")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "copy")
     sh(str(dest / ".venv" / "bin" / "python"), "-m", "advlab", "data", "cache", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_repo(tmp_path_factory):
+    """A clone (see ``clone``) after one run of `make repro`'s runner, with the run committed."""
+    dest = clone(tmp_path_factory.mktemp("workbook"))
     first = sh(str(dest / ".venv" / "bin" / "python"), "-m", "advlab", "repro", "--jobs", "2",
                cwd=dest)
     git(dest, "add", "-A")
@@ -283,3 +291,37 @@ def test_progress_bars_are_stripped_from_the_executed_notebook(tmp_path):
     assert runner.strip_progress(path) == 3
     outs = nbformat.read(path, as_version=4).cells[0].outputs
     assert len(outs) == 1 and outs[0]["text"] == "accuracy 0.91\n50% of 4 | kept\n"
+
+
+# --------------------------------------------------------------------------- second dataset
+MNIST5K = [s.name for s in stages.STAGES if "mnist5k" in s.datasets and s.name != stages.REPORT]
+
+
+@pytest.mark.notebook
+def test_every_stage_runs_on_mnist5k_or_refuses_it_up_front(tmp_path):
+    """`common.dataset: mnist5k` on the smoke profile: every stage that supports it runs
+    through `make repro`'s runner (its upstream stages retrained on mnist5k) and reports every
+    claim it reports on Fashion-MNIST (the committed results); a stage that does not support
+    it stops in setup, saying why."""
+    repo = clone(tmp_path / "repo", dataset="mnist5k")
+    py = str(repo / ".venv" / "bin" / "python")
+    r = sh(py, "-m", "advlab", "repro", "--jobs", "2", *MNIST5K, cwd=repo, check=False)
+    logs = {n: (repo / "logs" / f"{n}.log") for n in MNIST5K}
+    failed = {n: f.read_text()[-1500:] for n, f in logs.items()
+              if not (repo / "outputs" / n / "run.json").exists() and f.exists()}
+    assert r.returncode == 0 and not failed, f"{r.stderr[-3000:]}\n{failed}"
+    for n in MNIST5K:
+        p = json.loads((repo / "outputs" / n / "run.json").read_text())["params"]
+        assert p["profile"] == "smoke"
+        assert "mnist5k" in (p["dataset"], p.get("mnist_dataset")), n
+        ours = {c["id"] for c in json.loads((repo / "results" / n / "claims.json").read_text())
+                ["claims"]}
+        committed = {c["id"] for c in json.loads((ROOT / "results" / n / "claims.json")
+                                                 .read_text())["claims"]}
+        assert ours == committed, f"{n}: claims differ on mnist5k: {ours ^ committed}"
+    for s in stages.STAGES:
+        if s.name not in MNIST5K and s.name != stages.REPORT:
+            r = sh("bash", "tools/advlab", "run", s.name, "--no-html", "--quiet", "--out-dir",
+                   str(tmp_path / s.name), cwd=repo, check=False)
+            assert r.returncode == 1 and "does not support 'mnist5k'" in r.stderr, s.name
+            assert s.why and s.why[:30] in " ".join(r.stderr.split()), s.name

@@ -135,3 +135,51 @@ def test_unknown_and_unavailable_datasets_fail_clearly(monkeypatch, tmp_path):
     monkeypatch.setenv("ADVLAB_CIFAR10", str(tmp_path))
     with pytest.raises(data.DataError, match="not available offline"):
         data.load_dataset("cifar10", "train")
+
+
+def _class_sorted_toy(monkeypatch, root, n_train=40, n_test=10):
+    """A registered toy dataset stored sorted by class, as MNIST-5k is."""
+    info = data.DatasetInfo("toy", (1, 2, 2), tuple(str(c) for c in range(10)), 0.1, 1.0,
+                            sizes={"train": 10 * n_train, "test": 10 * n_test})
+    monkeypatch.setitem(data.DATASETS, "toy", info)
+    (root / "toy").mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.repeat(np.arange(10, dtype=np.uint8), n)
+        i = np.arange(len(y))                               # image i: pixels (i // 256, i % 256)
+        x = np.stack([i // 256, i % 256, i * 0, i * 0], 1).reshape(-1, 2, 2).astype(np.uint8)
+        np.save(root / "toy" / f"{split}_images.npy", x)
+        np.save(root / "toy" / f"{split}_labels.npy", y)
+    return info
+
+
+@pytest.mark.parametrize("n", [1, 7, 40])
+def test_subset_helpers_return_every_class_on_class_sorted_labels(n):
+    """A slice of a class-sorted array would return the first classes only; every helper
+    returns each class in the requested number."""
+    y = torch.arange(10).repeat_interleave(40)           # 0,0,...,1,1,...: sorted by class
+    x = torch.arange(len(y)).float()[:, None]
+    idx = data.stratified_indices(y, n, seed=3)
+    assert torch.equal(torch.bincount(y[idx], minlength=10), torch.full((10,), n))
+    xs, ys = data.stratified_subset(x, y, n, seed=3)
+    assert torch.equal(torch.bincount(ys, minlength=10), torch.full((10,), n))
+    assert torch.equal(y[xs[:, 0].long()], ys)            # images and labels stay paired
+    if n < 40:
+        rest = data.stratified_indices(y, 40 - n, seed=4, exclude=idx)
+        assert torch.equal(torch.bincount(y[rest], minlength=10), torch.full((10,), 40 - n))
+        assert not np.intersect1d(idx.numpy(), rest.numpy()).size
+
+
+def test_train_val_test_and_class_counts_on_a_class_sorted_dataset(monkeypatch, tmp_path):
+    _class_sorted_toy(monkeypatch, tmp_path)
+    assert data.class_counts("toy", "train", tmp_path) == {c: 40 for c in range(10)}
+    assert data.class_counts("toy", "test", tmp_path) == {c: 10 for c in range(10)}
+    split = data.train_val_test("toy", 25, 15, 6, seed=0, root=tmp_path)
+    for name, n in (("train", 25), ("val", 15), ("test", 6)):
+        assert torch.equal(torch.bincount(split[name][1], minlength=10), torch.full((10,), n))
+    everything = data.train_val_test("toy", None, 15, None, seed=0, root=tmp_path)
+    assert torch.equal(torch.bincount(everything["train"][1]), torch.full((10,), 25))
+    tr, va = (set(map(bytes, split[k][0].mul(255).round().byte().numpy())) for k in
+              ("train", "val"))
+    assert not tr & va                                      # disjoint train / validation
+    with pytest.raises(ValueError, match="only 25 examples, 26 requested"):
+        data.train_val_test("toy", 26, 15, 6, seed=0, root=tmp_path)

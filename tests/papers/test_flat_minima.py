@@ -154,3 +154,11 @@ def test_landscape_explorer_builds_headless_and_updates(toy):
     assert info.value != before and "a, xi = 0.5" in info.value
     w.children[0].children[1].value = 1.0     # releasing the slider recomputes
     assert "xi = 1" in info.value
+
+
+def test_subset_sizes_are_checked_against_02s_subsets_and_dataset():
+    recipe = {"dataset": "mnist5k", "n_eval_per_class": 4, "n_train_per_class": 5}
+    assert fm.subset_sizes(recipe, "mnist5k", 3, 5) == {"n_test_per_class": (3, 4),
+                                                        "n_train_per_class": (5, 5)}
+    with pytest.raises(ValueError, match="trained on 'mnist5k', not 'fashion_mnist'"):
+        fm.subset_sizes(recipe, "fashion_mnist", 3, 5)

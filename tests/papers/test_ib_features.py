@@ -180,3 +180,19 @@ def test_paired_interval_contains_the_difference_and_stays_in_range():
     drops = torch.tensor([0.3, 0.1, 0.2, 0.25])   # not 0/1: the paired bootstrap
     lo, hi = ib.paired_interval(drops, torch.zeros(4))
     assert lo <= drops.mean().item() <= hi
+
+
+def test_the_per_model_claims_declared_are_those_the_notebook_makes():
+    """The notebook declares ``<id>_<model>`` for the paper's two models (so leaving one out of
+    the `checkpoints` knob shows its claims as not run): the list must match its checks."""
+    import re
+
+    from advlab.pipeline import stages
+
+    from ..conftest import ROOT
+
+    src = stages.notebook_source(ROOT / "notebooks" / "06_ib_features.ipynb")
+    direct = set(re.findall(r'claims\.check\(f"(\w+)_\{name\}"', src))
+    gaps = set(re.findall(r'attack_gap\(name, "[^"]+", "[^"]+", "(\w+)"', src))
+    assert direct and gaps and direct | gaps == set(ib.PER_MODEL_CLAIMS)
+    assert "ib.PER_MODEL_CLAIMS" in src

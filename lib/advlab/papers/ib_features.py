@@ -44,6 +44,14 @@ from ..core.attacks import eval_mode
 
 DELTA = 1e-10       # the official KL's numerical guard
 RULES = ("global", "per_sample", "ratio")
+# The claims the notebook makes per distilled model ("<id>_<checkpoint>"), and the paper's two
+# models (a standard and an adversarially trained one): their claims are always reported, as
+# "not run" when the `checkpoints` knob leaves a model out.
+PER_MODEL_CLAIMS = ("nr_part_carries_adv_label", "r_part_keeps_true_label",
+                    "noise_on_nr_hurts_more", "split_not_degenerate", "nrf_beats_cw",
+                    "nrf_beats_random_mask", "nrf_beats_stronger_cw", "nrf2_weaker_than_cw",
+                    "nrf_beats_cw_within_l2_budget")
+PAPER_MODELS = ("standard", "pgd_at")
 
 
 # --------------------------------------------------------------------------- the split

@@ -317,6 +317,60 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def registry_entry(stage: str):
+    """The stage's entry in ``advlab.pipeline.stages`` (None for a stage not registered there,
+    e.g. a test's throwaway notebook).  Imported by name on purpose: the registry is not a DVC
+    dependency of the stages (editing one entry must not re-run all of them), and what this
+    check reads from it, the datasets a stage supports, is already a per-stage dependency in
+    dvc.yaml (the ``results/data/<dataset>.md5`` stamps)."""
+    import importlib
+
+    return importlib.import_module("advlab.pipeline.stages").by_name().get(stage)
+
+
+def smallest_class(dataset: str, split: str, root=None) -> int:
+    """Examples of the smallest class of ``dataset``'s ``split`` (read from the labels only)."""
+    from ..core.data import class_counts
+
+    return min(class_counts(dataset, split, root).values())
+
+
+def preflight(stage: str, p: dict, data_root=None) -> dict:
+    """Checks that need the dataset but no work, run by ``setup`` right after the knobs'
+    types: the dataset is one the stage supports (its registry entry), and every size knob
+    (``schema.Size``: examples per class drawn from a split, disjointly with or within other
+    size knobs) fits the dataset's per-class counts.  Raises ``ParamsError`` naming the knob(s),
+    the dataset and the largest value that fits.  A dataset whose labels cannot be read is left
+    to the loading code (it says how to fetch the data).  Returns the largest value that fits
+    for each size knob."""
+    from ..core.data import DataError
+    from .schema import check_sizes
+
+    entry = registry_entry(stage)
+    if entry is not None and entry.supported:  # (the report reads no dataset)
+        for k, v in p.items():
+            if k == "dataset" or k.endswith("_dataset"):
+                entry.check_dataset(v)
+    declared = params_mod.knobs(stage)
+    if not declared:
+        return {}
+    try:
+        return check_sizes(p, declared, lambda name, split: smallest_class(name, split, data_root))
+    except DataError:
+        return {}
+
+
+def check_fits(source: str, sizes: dict) -> None:
+    """Size knobs checked against a set only known once the notebook runs (e.g. another stage's
+    subsets, read from its checkpoint): ``sizes`` maps a knob (or a sum of knobs) to
+    ``(value, available per class)``.  Raises ``ParamsError`` naming the knob, ``source`` and
+    the largest value that fits, before the work that would fail on it."""
+    bad = [f"{k} ({v}): {source} hold {n} images per class; the largest value that fits is {n}"
+           for k, (v, n) in sizes.items() if v is not None and n is not None and v > n]
+    if bad:
+        raise params_mod.ParamsError("sizes that do not fit: " + "; ".join(bad))
+
+
 def setup(stage: str, namespace: dict, threads: int | None = None) -> Run:
     """Collect the parameters of ``stage`` from ``namespace`` (the notebook's globals), check
     them against the stage's knob declarations, seed everything, pick the device, pin the CPU
@@ -333,6 +387,7 @@ def setup(stage: str, namespace: dict, threads: int | None = None) -> Run:
     if missing:
         raise params_mod.ParamsError(f"the parameters cell of {stage} lacks {missing}")
     p = params_mod.validate({k: namespace[k] for k in keys}, stage)
+    preflight(stage, p, root / "data")
     out = namespace.get("out_dir")
     out_dir = Path(out) if out else root / "scratch" / stage
     if not out_dir.is_absolute():

@@ -191,10 +191,104 @@ class OneOf(Knob):
         return any(o.check(v) is None for o in self.options)
 
 
+class Size(Int):
+    """A number of examples per class drawn from a dataset split: an integer >= ``lo`` (null
+    allowed with ``null=True``, meaning "all of them" / "all that remain").
+
+    - ``split``: ``"train"`` or ``"test"``, the split of the dataset it draws from;
+    - ``disjoint``: knobs drawn from the same split *disjointly* with this one (e.g. a training
+      subset drawn outside the validation subset): their sum must fit the split;
+    - ``within``: knobs whose own draw this one is a subset of (e.g. an AutoAttack subset of
+      the evaluation subset): it cannot exceed any of them;
+    - ``dataset``: the knob naming the dataset it draws from (default ``dataset``).
+
+    ``check_sizes`` checks a stage's ``Size`` knobs against the dataset's per-class counts
+    before any work (``notebook.setup``)."""
+
+    def __init__(self, split: str | None = None, disjoint=(), within=(), dataset="dataset",
+                 lo=1, **kw):
+        super().__init__(lo, **kw)
+        if split not in ("train", "test", None) or (split is None and not within):
+            raise ValueError("Size needs split='train' or 'test' (or within= another size)")
+        self.split, self.dataset = split, dataset
+        self.disjoint = (disjoint,) if isinstance(disjoint, str) else tuple(disjoint)
+        self.within = (within,) if isinstance(within, str) else tuple(within)
+
+    def describe(self):
+        what = f"an integer in {_interval(self.lo, self.hi)} (per class"
+        if self.split:
+            what += f", drawn from the {self.split} split"
+        if self.disjoint:
+            what += f" disjointly with {', '.join(self.disjoint)}"
+        if self.within:
+            what += f", within {' and '.join(self.within)}"
+        return what + ")"
+
+
+SPLIT_NAMES = {"train": "training", "test": "test"}
+
+
+def check_sizes(values: dict, knobs: dict[str, Knob], counts) -> dict:
+    """Check every ``Size`` knob of ``values`` against the dataset it draws from.
+
+    ``counts(dataset, split)`` returns the number of examples of the dataset split's smallest
+    class (every knob draws that many of *every* class).  Raises ``ParamsError`` naming every
+    size that does not fit, the dataset, and the largest value that fits.  Returns the largest
+    value that fits for each ``Size`` knob."""
+    sizes = {k: kn for k, kn in knobs.items() if isinstance(kn, Size) and k in values}
+    bounds, problems = {}, []
+    cache = {}
+
+    def per_class(k):
+        kn = sizes[k]
+        key = (values.get(kn.dataset), kn.split)
+        if key not in cache:
+            cache[key] = counts(*key)
+        return cache[key]
+
+    for k, kn in sizes.items():
+        v = values[k]
+        if kn.split:
+            n = per_class(k)
+            others = [o for o in kn.disjoint if values.get(o) is not None]
+            room = n - sum(int(values[o]) for o in others)
+            bounds[k] = room
+            where = (f"dataset {values.get(kn.dataset)!r} has {n} {SPLIT_NAMES[kn.split]} "
+                     f"images per class")
+            if v is not None and v > room:
+                taken = " + ".join(f"{o} ({values[o]})" for o in others)
+                if others:
+                    problems.append(f"{k} ({v}) + {taken} are drawn disjointly from the same "
+                                    f"split and need {v + n - room}, but {where}: the largest "
+                                    f"{k} that fits is {room}")
+                else:
+                    problems.append(f"{k} ({v}): {where}; the largest value that fits is {n}")
+            elif v is None and others and room < 1:
+                problems.append(f"{k} (null: all that remain) gets nothing: {where} and "
+                                f"{' + '.join(others)} take them all")
+    for k, kn in sizes.items():
+        v = values[k]
+        for o in kn.within:
+            cap = values.get(o)
+            if cap is None and not kn.split:  # within "all of them": that knob's own bound
+                cap = bounds.get(o)
+            if cap is None or v is None:
+                continue
+            bounds[k] = min(bounds.get(k, cap), cap)
+            if v > cap:
+                problems.append(f"{k} ({v}) is drawn from {o}'s examples ({cap} per class on "
+                                f"dataset {values.get(kn.dataset)!r}): the largest value that "
+                                f"fits is {cap}")
+    if problems:
+        raise ParamsError("sizes that do not fit the dataset (nothing was run): "
+                          + "; ".join(problems))
+    return bounds
+
+
 # Knobs several sections share, declared once (one evaluation vocabulary across papers).
 AUTOATTACK = {
     "aa_version": Choice("lite", "standard"),   # lite = APGD-CE + APGD-T, labelled as such
-    "aa_n_per_class": Int(1),
+    "aa_n_per_class": Size(within="n_eval_per_class"),  # a subset of the evaluation set
     "aa_iter": Int(1),
     "aa_targets": Int(1, 9),
 }

@@ -31,16 +31,27 @@ PIPELINE = "lib/advlab/pipeline"
 DATA_STAGE = "data"
 
 
+# The datasets data.dvc holds (folders of data/, one checked stamp results/data/<name>.md5
+# each).  A test keeps this equal to the registry's ``in_data_dvc`` entries.
+DATA_DVC = ("fashion_mnist", "mnist5k")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One notebook stage.  ``paper``: the paper's short citation (None for the baselines and
-    the report); ``datasets``: folders of ``data/`` it reads; ``reads``: paths under
-    ``outputs/`` of earlier stages (e.g. ``00_baselines/checkpoints``); ``plots``: tables in its
-    ``outputs/`` folder for ``dvc plots`` ({file: {x:, y:}})."""
+    the report); ``datasets``: the folders of ``data/`` it reads, i.e. the offline datasets it
+    supports as its ``dataset`` knob (plus any it always reads): its DVC dependencies;
+    ``external``: datasets outside ``data/`` it supports (cifar10 for the paper profile; no DVC
+    dependency); ``notebook.setup`` rejects any other dataset before any work, quoting ``why``
+    (required when an offline dataset is left out); ``reads``: paths under ``outputs/`` of
+    earlier stages (e.g. ``00_baselines/checkpoints``); ``plots``: tables in its ``outputs/``
+    folder for ``dvc plots`` ({file: {x:, y:}})."""
 
     name: str
     paper: str | None = None
-    datasets: tuple = ("fashion_mnist",)
+    datasets: tuple = DATA_DVC
+    external: tuple = ("cifar10",)
+    why: str = ""
     reads: tuple = ()
     plots: dict = field(default_factory=dict)
 
@@ -52,6 +63,22 @@ class Stage:
     def module(self) -> str | None:
         """The paper's own module, ``advlab.papers.<slug>`` (None for non-paper stages)."""
         return f"advlab.papers.{self.slug}" if self.paper else None
+
+    @property
+    def supported(self) -> tuple:
+        """Every dataset its ``dataset`` knob may name (none for a stage that reads no data,
+        the report)."""
+        return self.datasets + self.external if self.datasets else ()
+
+    def check_dataset(self, name: str) -> None:
+        """Raise ``ParamsError`` if ``name`` is not a dataset this stage supports."""
+        if name not in self.supported:
+            from .schema import ParamsError
+
+            raise ParamsError(
+                f"dataset: {self.name} does not support {name!r} (supported: "
+                f"{list(self.supported)}){': ' + self.why if self.why else ''}. Set "
+                f"common.dataset (or the stage's own dataset knob) to a supported one.")
 
 
 STAGES: tuple[Stage, ...] = (
@@ -69,9 +96,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("06_ib_features", paper="Kim, Lee & Ro, NeurIPS 2021",
           reads=("00_baselines/checkpoints",)),
     Stage("07_adml", paper="Lee, Kim & Ro, ICCV 2023", reads=("00_baselines/checkpoints",)),
-    Stage("08_acav", paper="Soni, Shah, Chua & Moore, 2020"),
+    Stage("08_acav", paper="Soni, Shah, Chua & Moore, 2020", datasets=("fashion_mnist",), external=(),
+          why="its concepts are textures injected into Fashion-MNIST classes (stripes in Shirt "
+              "and Dress, dots in Bag), so the recall, specificity and TCAV sets are defined by "
+              "those classes; the paper profile keeps Fashion-MNIST too"),
     Stage("09_aae_anomaly", paper="Beggel, Pfeiffer & Bischl, 2019",
-          datasets=("fashion_mnist", "mnist5k"),
+          external=(),
+          why="its own `dataset` knob (Fashion-MNIST, the paper's benchmark) overrides "
+              "common.dataset and its MNIST illustration always reads mnist5k (`mnist_dataset`), "
+              "so it reads both offline datasets whatever common.dataset says; CIFAR-10 is not "
+              "one of the paper's benchmarks",
           plots={"memorisation.csv": {"x": "epoch", "y": "ratio"}}),
     Stage("99_report", datasets=()),
 )

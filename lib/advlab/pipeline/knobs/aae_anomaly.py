@@ -1,5 +1,5 @@
 """Knobs of 09_aae_anomaly (adversarial autoencoders for anomaly detection, Beggel et al. 2019)."""
-from ..schema import DATASET, Bool, Choice, Float, Int, List, OneOf
+from ..schema import DATASET, Bool, Choice, Float, Int, List, OneOf, Size
 
 CLASS = Int(0, 9)
 
@@ -8,7 +8,7 @@ KNOBS = {
     "normal_class": CLASS,
     "anomaly_classes": List(CLASS, min_len=1),
     "alphas": List(Float(0, 1, open_hi=True), min_len=1),
-    "n_normal": Int(1, null=True),
+    "n_normal": Size("train", null=True),
     "hidden": Int(1),
     "ae_latent": Int(1),
     "aae_latent": Int(1),
@@ -32,7 +32,7 @@ KNOBS = {
     "n_seeds": Int(1),
     "memo_anomaly_class": CLASS,
     "memo_alpha": Float(0, 1, open_hi=True),
-    "memo_n_normal": Int(1, null=True),
+    "memo_n_normal": Size("train", null=True),
     "memo_hidden": Int(1),
     "memo_epochs": Int(1),
     "memo_log_epochs": List(Int(1), min_len=1),
@@ -41,5 +41,5 @@ KNOBS = {
     "mnist_normal_class": CLASS,
     "mnist_anomaly_class": CLASS,
     "mnist_alphas": List(Float(0, 1, open_hi=True), min_len=1),
-    "mnist_n_normal": Int(1, null=True),
+    "mnist_n_normal": Size("train", dataset="mnist_dataset", null=True),
 }

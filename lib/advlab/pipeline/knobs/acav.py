@@ -1,10 +1,10 @@
 """Knobs of the acav stage (Soni, Shah, Chua & Moore, 2020: Adversarial TCAV)."""
-from ..schema import Choice, Float, Int, List, Text
+from ..schema import Choice, Float, Int, List, Size, Text
 
 GS_NEGATIVES = ("complement_centered", "complement_random", "complement_gaussian")
 
 KNOBS = {
-    "n_train_per_class": Int(1, 6000),
+    "n_train_per_class": Size("train"),
     "epochs": Int(1),
     "batch_size": Int(1),
     "lr": Float(0, 10),

@@ -1,17 +1,17 @@
 """Knobs of the adml stage (Lee, Kim & Ro, ICCV 2023)."""
-from ..schema import AUTOATTACK, Float, Int, Text
+from ..schema import AUTOATTACK, Float, Int, Size, Text
 
 KNOBS = {
     "base_checkpoint": Text(),
     "other_checkpoint": Text(null=True),
     "eps": Float(0, 1),
-    "n_train_per_class": Int(1),
+    "n_train_per_class": Size("train"),
     "epochs": Int(1),
     "batch_size": Int(2),
     "lr": Float(0, 10),
     "train_steps": Int(1),
     "trades_beta": Float(0, 100),
-    "n_eval_per_class": Int(1),
+    "n_eval_per_class": Size("test"),
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
     "other_steps": Int(1),

@@ -1,14 +1,14 @@
 """Knobs of 02_awp (Adversarial Weight Perturbation, Wu et al. 2020)."""
-from ..schema import AUTOATTACK, MODEL, Bool, Choice, Float, Int, List, Mapping
+from ..schema import AUTOATTACK, MODEL, Bool, Choice, Float, Int, List, Mapping, Size
 
 KNOBS = {
     "arch": Choice(MODEL),
     "model_kwargs": Mapping(),
     "eps": Float(0, 1),
-    "n_train_per_class": Int(1, null=True),
-    "n_val_per_class": Int(1),
-    "n_eval_per_class": Int(1),
-    "n_monitor_per_class": Int(1),
+    "n_train_per_class": Size("train", disjoint="n_val_per_class", null=True),
+    "n_val_per_class": Size("train"),
+    "n_eval_per_class": Size("test"),
+    "n_monitor_per_class": Size(within=("n_train_per_class", "n_eval_per_class")),
     "monitor_steps": Int(1),
     "monitor_every_epochs": Int(1),
     "epochs": Int(1),
@@ -26,11 +26,11 @@ KNOBS = {
     "eval_steps": Int(1),
     "strong_steps": Int(1),
     "strong_restarts": Int(1),
-    "n_strong_per_class": Int(1),
+    "n_strong_per_class": Size(within="n_eval_per_class"),
     **AUTOATTACK,
     "landscape_alphas": List(Float(-10, 10), min_len=3),
     "landscape_sharpness_at": Float(0, 10),
-    "n_landscape_per_class": Int(1),
+    "n_landscape_per_class": Size(within="n_eval_per_class"),
     "landscape_steps": Int(1),
     "trades": Bool(),
     "trades_beta": Float(0),

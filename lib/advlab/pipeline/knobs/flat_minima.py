@@ -1,5 +1,5 @@
 """Knobs of the flat_minima stage (Stutz, Hein & Schiele, ICCV 2021)."""
-from ..schema import Float, Int, List
+from ..schema import Float, Int, List, Size
 
 KNOBS = {
     "train_epochs": Int(1, null=True),
@@ -7,8 +7,8 @@ KNOBS = {
     "label_noise_tau": Float(0, 1),
     "strong_weight_decay": Float(0, 1),
     "snapshot_every": Int(0),
-    "n_test_per_class": Int(1),
-    "n_train_per_class": Int(1),
+    "n_test_per_class": Size("test"),
+    "n_train_per_class": Size("train"),
     "ref_steps": Int(1),
     "ref_restarts": Int(1),
     "flat_steps": Int(1),
@@ -21,5 +21,5 @@ KNOBS = {
     "xi_sweep": List(Float(0, 10), min_len=1),
     "worst_xi_sweep": List(Float(0, 1), min_len=1),
     "landscape_alphas": List(Float(-10, 10), min_len=3),
-    "n_landscape_per_class": Int(1),
+    "n_landscape_per_class": Size(within="n_test_per_class"),
 }

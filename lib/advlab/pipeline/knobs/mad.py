@@ -1,5 +1,5 @@
 """Knobs of 05_mad (Masking Adversarial Damage, Lee et al. 2022)."""
-from ..schema import AUTOATTACK, Bool, Choice, Float, Int, List, Text
+from ..schema import AUTOATTACK, Bool, Choice, Float, Int, List, Size, Text
 
 METHODS = ("mad", "mad_largest", "mad_no_mask", "mad_diagonal", "kfac_obd", "random",
            "magnitude", "taylor", "fisher", "hydra")
@@ -19,13 +19,13 @@ KNOBS = {
     "hydra_epochs": Int(1),
     "hydra_lr": Float(0, 10),
     "hydra_attack_steps": Int(0),
-    "n_eval_per_class": Int(1),
+    "n_eval_per_class": Size("test"),
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
     **AUTOATTACK,
     "finetune_methods": List(Choice(*METHODS)),
     "finetune_sparsities": List(Float(0, 1, open_hi=True)),
-    "finetune_n_per_class": Int(1, null=True),
+    "finetune_n_per_class": Size("train", null=True),
     "finetune_epochs": Int(1),
     "finetune_loss": Choice("mart", "pgd_at", "trades"),
     "finetune_beta": Float(0),

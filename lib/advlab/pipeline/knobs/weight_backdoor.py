@@ -1,5 +1,5 @@
 """Knobs of the weight_backdoor stage (Garg, Kumar, Goel & Liang, CIKM 2020)."""
-from ..schema import Choice, Float, Int, List
+from ..schema import Choice, Float, Int, List, Size
 
 VICTIMS = ("standard", "pgd_at", "at_awp")
 
@@ -9,9 +9,9 @@ KNOBS = {
     "target": Int(0),
     "trigger_size": Int(1),
     "trigger_value": Float(0, 1),
-    "n_attack_per_class": Int(1),
-    "n_val_per_class": Int(1),
-    "n_test_per_class": Int(1, null=True),
+    "n_attack_per_class": Size("train"),
+    "n_val_per_class": Size("train", disjoint="n_attack_per_class"),
+    "n_test_per_class": Size("test", null=True),
     "abs_budgets": List(Float(1e-9, 1), min_len=2),
     "rel_budgets": List(Float(1e-9, 10), min_len=2),
     "epochs": Int(1),
