@@ -131,6 +131,12 @@ def test_every_notebook_runs_on_smoke(smoke_repo, stage):
             assert f"claim.{c['id']}" in metrics
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["params"]["profile"] == "smoke"
+    executed = json.loads((out / f"{stage}.ipynb").read_text())
+    echoed = [i for i, c in enumerate(executed["cells"]) if c["cell_type"] == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "execute_result"
+              and set(o.get("data", {})) == {"text/plain"}
+              and "".join(o["data"]["text/plain"]).startswith(("'", '"'))]
+    assert not echoed, f"{stage}: cells {echoed} echo a string (notebook.say's text twice?)"
 
 
 def test_stages_ran_without_a_project_interpreter_on_path(smoke_repo):

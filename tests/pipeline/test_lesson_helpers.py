@@ -28,8 +28,14 @@ def test_not_live_under_the_pipeline_or_outside_a_kernel(monkeypatch):
     assert notebook.is_live() is False
 
 
-def test_say_returns_the_text_it_shows():
-    assert notebook.say("accuracy **0.5**") == "accuracy **0.5**"
+def test_say_shows_the_text_once_and_returns_nothing(monkeypatch):
+    """A cell ending in ``notebook.say(...)`` must not echo the sentence as a quoted string."""
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    assert notebook.say("accuracy **0.5**") is None
+    assert [o.data for o in shown] == ["accuracy **0.5**"]
 
 
 def test_math_becomes_mathml_but_code_and_prices_do_not():

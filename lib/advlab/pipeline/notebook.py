@@ -255,17 +255,17 @@ def check_matches(what: str, ours, reference, atol: float = 1e-6, rtol: float = 
     return worst
 
 
-def say(text: str) -> str:
+def say(text: str) -> None:
     """Show ``text`` (Markdown, usually an f-string of the run's numbers) as prose in the
     notebook and its HTML.  Sentences that state a result are written this way, never typed
-    into a markdown cell, so they cannot contradict the run.  Returns the text."""
+    into a markdown cell, so they cannot contradict the run.  Returns None, so a cell that
+    ends with ``notebook.say(...)`` shows the sentence once (not again as a quoted string)."""
     try:
         from IPython.display import Markdown, display
 
         display(Markdown(text))
     except ImportError:  # pragma: no cover - outside IPython
         print(text)
-    return text
 
 
 def show_source(*objs, title: str | None = None):
