@@ -247,10 +247,12 @@ def test_seed_values_and_seed_table_average_over_the_seeds_each_arm_ran():
         return {k: np.array(v, float) for k in ("clean", "pgd", "aa")}
 
     per_seed = {0: {"A": one([1, 1]), "B": one([0, 1])}, 1: {"A": one([0, 1])}}
+    del per_seed[0]["B"]["aa"]                       # an arm evaluated without AA-lite
     assert np.allclose(adml.seed_values(per_seed, lambda r: r["A"]["pgd"].mean()), [1, 0.5])
     t = adml.seed_table(per_seed, ["A", "B"])
     assert t.loc["A", "pgd mean"] == pytest.approx(0.75) and t.loc["A", "seeds"] == 2
     assert t.loc["B", "seeds"] == 1 and math.isnan(t.loc["B", "pgd sd"])
+    assert math.isnan(t.loc["B", "aa mean"]) and t.loc["B", "pgd mean"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- schedule

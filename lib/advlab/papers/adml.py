@@ -320,15 +320,16 @@ def paired_intervals(per_seed: dict, a: str, b: str, key: str, seed: int = 0) ->
 
 def seed_table(per_seed: dict, arms, keys=("clean", "pgd", "aa")):
     """Rows = arms; for each key the seed mean and the seed standard deviation (ddof 1; NaN
-    with one seed) of the arm's mean accuracy, over the seeds on which the arm ran."""
+    with one seed) of the arm's mean accuracy, over the seeds on which the arm ran (NaN for a
+    key the arm was not evaluated on, e.g. no AA-lite)."""
     import pandas as pd
 
     rows = {}
     for arm in arms:
         row = {}
         for k in keys:
-            v = np.array([r[arm][k].mean() for r in per_seed.values() if arm in r])
-            row[f"{k} mean"] = v.mean()
+            v = np.array([r[arm][k].mean() for r in per_seed.values() if k in r.get(arm, {})])
+            row[f"{k} mean"] = v.mean() if len(v) else np.nan
             row[f"{k} sd"] = v.std(ddof=1) if len(v) > 1 else np.nan
         row["seeds"] = sum(arm in r for r in per_seed.values())
         rows[arm] = row
