@@ -176,3 +176,185 @@ def test_class_explorer_updates_when_a_class_is_picked():
     assert before.startswith("<b>a</b>")
     pick.value = 2
     assert text.value != before and text.value.startswith("<b>c</b>")
+
+
+# --------------------------------------------------------------------------- seeds
+def _recorded_labels(method, x, y, seed):
+    cfg = adml.finetune_config(epochs=1, batch_size=8, lr=0.01, seed=seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    rec = adml.BatchRecorder()
+    training.fit(model, (x, y), method, cfg, hooks=[rec], progress=False)
+    return torch.cat(rec.labels)
+
+
+def test_finetune_seeds_change_the_batch_order_and_every_arm_follows_it():
+    torch.manual_seed(0)
+    x, y = torch.rand(40, 1, 4, 4), torch.arange(40) % 4
+    makes = adml.arms(0.1, 1, 6.0, variants=["trades", "mart"])
+    orders = {s: {a: _recorded_labels(m(), x, y, s) for a, m in makes.items()} for s in (0, 1)}
+    for s in (0, 1):
+        first = orders[s]["AT continued"]
+        assert all(torch.equal(first, o) for o in orders[s].values())
+    assert not torch.equal(orders[0]["ADML"], orders[1]["ADML"])
+    assert sorted(orders[0]["ADML"].tolist()) == sorted(orders[1]["ADML"].tolist())
+
+
+def test_arms_are_fresh_methods_with_their_own_counters():
+    makes = adml.arms(0.1, 1, 6.0)
+    assert list(makes) == ["AT continued", "ADML", "ADML theta=1", "TRADES continued"]
+    a, b = makes["ADML"](), makes["ADML"]()
+    a.stats["steps"] = 5
+    assert b.stats["steps"] == 0 and makes["ADML theta=1"]().theta_one
+
+
+def test_seed_claim_interval_comes_from_the_per_seed_values():
+    from advlab.core.claims import Claims, seed_interval
+
+    def narrow(vs):
+        return [(v - 0.001, v + 0.001) for v in vs]
+
+    values = [0.05, 0.04, 0.06]
+    c = adml.seed_claim(Claims("t"), "x", "s", "p", values, ">", 0, [0, 1, 2], narrow(values))
+    assert c.measured == pytest.approx(0.05)
+    assert c.interval == pytest.approx(list(seed_interval(values)))
+    assert c.verdict == "holds" and "fails" not in c.note
+    # the same mean with a wider seed spread: every seed holds alone, the method does not
+    values = [0.09, 0.005, 0.055]
+    c = adml.seed_claim(Claims("t"), "x", "s", "p", values, ">", 0, [0, 1, 2], narrow(values))
+    assert c.interval == pytest.approx(list(seed_interval(values)))
+    assert c.verdict == "inconclusive" and c.note.count("(holds)") == 3
+
+
+def test_seed_claim_names_a_failing_seed_and_never_narrows_below_the_image_noise():
+    from advlab.core.claims import Claims
+
+    claims = Claims("t")
+    # holds on the mean and on two seeds, fails alone on seed 7
+    c = adml.seed_claim(claims, "a", "s", "p", [0.10, 0.11, -0.02], ">", 0, [3, 5, 7],
+                        [(0.08, 0.12), (0.09, 0.13), (-0.05, -0.01)])
+    assert "fails on seed 7 alone" in c.note and "seed 3 +0.100 (holds)" in c.note
+    # seeds that agree exactly: the interval is the mean image interval, not a point
+    c = adml.seed_claim(claims, "b", "s", "p", [0.0, 0.0], ">", 0, [0, 1],
+                        [(-0.1, 0.1), (-0.2, 0.2)])
+    assert c.interval == pytest.approx([-0.15, 0.15]) and c.verdict == "inconclusive"
+    # one seed: its own interval, said so
+    c = adml.seed_claim(claims, "c", "s", "p", [0.02], ">", 0, [0], [(-0.01, 0.05)])
+    assert c.interval == pytest.approx([-0.01, 0.05]) and "one fine-tuning seed" in c.interval_kind
+
+
+def test_seed_values_and_seed_table_average_over_the_seeds_each_arm_ran():
+    def one(v):
+        return {k: np.array(v, float) for k in ("clean", "pgd", "aa")}
+
+    per_seed = {0: {"A": one([1, 1]), "B": one([0, 1])}, 1: {"A": one([0, 1])}}
+    del per_seed[0]["B"]["aa"]                       # an arm evaluated without AA-lite
+    assert np.allclose(adml.seed_values(per_seed, lambda r: r["A"]["pgd"].mean()), [1, 0.5])
+    t = adml.seed_table(per_seed, ["A", "B"])
+    assert t.loc["A", "pgd mean"] == pytest.approx(0.75) and t.loc["A", "seeds"] == 2
+    assert t.loc["B", "seeds"] == 1 and math.isnan(t.loc["B", "pgd sd"])
+    assert math.isnan(t.loc["B", "aa mean"]) and t.loc["B", "pgd mean"] == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- schedule
+def test_cyclic_lr_matches_torch_cyclic_lr_and_its_momentum_cycle():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0, max_lr=0.01, step_size_up=2,
+                                              step_size_down=8)
+    for it in range(10):
+        lr, mom = adml.cyclic_lr(it, 10, 0.01, up_frac=0.2)
+        g = opt.param_groups[0]
+        assert lr == pytest.approx(g["lr"]) and mom == pytest.approx(g["momentum"])
+        opt.step()
+        sched.step()
+
+
+def test_cyclic_sgd_hook_replays_torch_sgd_with_cyclic_lr_exactly():
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5), torch.randint(0, 3, (12,))
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    total = 10
+    # reference: torch SGD + CyclicLR, as the official fine-tune
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt_b, base_lr=0, max_lr=0.05, step_size_up=2,
+                                              step_size_down=8)
+    # ours: a constant-lr SGD step (as fit takes it), corrected by the hook
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    hook = adml.CyclicSGD(total, 0.05, 5e-4, up_frac=0.2)
+    for it in range(total):
+        xb, yb = x[it % 3::3], y[it % 3::3]
+        hook.before_update(a, xb, xb, yb, None)
+        opt_a.zero_grad()
+        F.cross_entropy(a(xb), yb).backward()
+        opt_a.step()
+        hook.after_update(a)
+        opt_b.zero_grad()
+        F.cross_entropy(b(xb), yb).backward()
+        opt_b.step()
+        sched.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    assert not torch.allclose(a.weight, torch.nn.Linear(5, 3).weight)
+    assert hook.lrs[0] == 0 and max(hook.lrs) == pytest.approx(0.05)
+
+
+def _cyclic_run(model, hook, steps, x, y, start=0):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    for it in range(start, start + steps):
+        xb, yb = x[it % 4::4], y[it % 4::4]
+        hook.before_update(model, xb, xb, yb, None)
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+        hook.after_update(model)
+
+
+def test_cyclic_sgd_resumes_from_its_state():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    full, part = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    part.load_state_dict(full.state_dict())
+    hook = adml.CyclicSGD(8, 0.05, 5e-4)
+    _cyclic_run(full, hook, 8, x, y)
+    first = adml.CyclicSGD(8, 0.05, 5e-4)
+    _cyclic_run(part, first, 4, x, y)
+    resumed = adml.CyclicSGD(8, 0.05, 5e-4)     # a fresh hook, as after a restart
+    resumed.load_state_dict(first.state_dict())
+    _cyclic_run(part, resumed, 4, x, y, start=4)
+    assert resumed.it == 8 and resumed.lrs == pytest.approx(hook.lrs)
+    for a, b in zip(full.parameters(), part.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- variants, sizes
+def test_adml_trades_variant_puts_the_trades_loss_on_the_first_half():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, x_adv = torch.rand(6, 1, 2, 2), torch.rand(6, 1, 2, 2)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    for name in ("trades", "mart"):
+        method = adml.ADMLMethod(eps=0.1, steps=1, defence=name, beta=2.0)
+        hand = training.METHODS[name](model, x[:3], x_adv[:3], y[:3], 2.0) \
+            + adml.adml_loss(model(x_adv[3:]), model(x[3:]), y[3:])[0]
+        assert torch.allclose(method.loss(model, x, x_adv, y), hand)
+    with pytest.raises(ValueError, match="unknown ADML defence"):
+        adml.ADMLMethod(defence="awp")
+
+
+def test_sizes_that_do_not_fit_fail_naming_the_knob_and_the_largest_value():
+    y_train, y_test = np.repeat(np.arange(3), 40), np.repeat(np.arange(3), 10)
+    adml.check_sizes(y_train, y_test, n_train_per_class=40, n_eval_per_class=10,
+                     aa_n_per_class=10)
+    with pytest.raises(ValueError, match="n_train_per_class = 41 .* at most 40"):
+        adml.check_sizes(y_train, y_test, n_train_per_class=41)
+    with pytest.raises(ValueError, match="aa_n_per_class = 9 .* at most 8"):
+        adml.check_sizes(y_train, y_test, n_eval_per_class=8, aa_n_per_class=9)
+
+
+def test_a_checkpoint_of_another_dataset_is_refused():
+    model = torch.nn.Linear(2, 2)
+    assert adml.check_start((model, {"dataset": "mnist5k"}), "mnist5k")[0] is model
+    with pytest.raises(ValueError, match="run 00_baselines with dataset 'mnist5k'"):
+        adml.check_start((model, {"dataset": "fashion_mnist"}), "mnist5k")
