@@ -189,3 +189,10 @@ def test_a_nan_interval_is_dropped_and_said():
     assert "no interval" in rec.note
     rec = c.check("k2", "s", "p", 0.5, ">", 0, interval=(0.2, float("nan")))
     assert rec.interval is None and rec.verdict == "holds"  # the point estimate decides
+
+
+def test_a_claim_shown_at_the_end_of_a_cell_reads_as_its_verdict():
+    c = Claims("demo").check("gain", "AWP helps", "+3 pts", 0.05, ">", 0.0,
+                             interval=(0.01, 0.09))
+    text = c._repr_markdown_()
+    assert text.startswith("**AWP helps**: ") and "holds" in text and "measured > 0" in text

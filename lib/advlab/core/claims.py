@@ -57,6 +57,12 @@ class Claim:
     interval: list | None = None   # [lo, hi] around measured, or None
     interval_kind: str = ""        # e.g. "95% bootstrap over 500 images"
 
+    def _repr_markdown_(self) -> str:
+        """A cell that ends with ``claims.check(...)`` shows the verdict in one line."""
+        return (f"**{self.statement}**: {format_verdict(self.verdict)} (ours "
+                f"{format_measured(self)}, interval {format_interval(self)}; needed "
+                f"{self.criterion})")
+
 
 def verdict(measured: float, op: str, threshold: float, interval=None) -> str:
     """'holds', 'does not hold' or 'inconclusive' for ``measured <op> threshold`` (see the

@@ -166,7 +166,7 @@ class Run:
         self.claims = claims
         return claims.save(self.results_dir)
 
-    def save_metrics(self, metrics: dict | None = None, headline=()) -> Path:
+    def save_metrics(self, metrics: dict | None = None, headline=()) -> None:
         """Merge ``metrics`` into the run's numbers and write them in two places.
 
         - ``outputs/<stage>/details.json``: every number (diagnostics included), and
@@ -193,7 +193,6 @@ class Run:
             {"stage": self.stage, "params": self.params, "environment": environment(),
              "device": str(self.device), "elapsed_seconds": elapsed, **load}, indent=2,
             default=str))
-        return path
 
 
 def _load() -> float | None:
@@ -235,11 +234,11 @@ def is_live() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def check_matches(what: str, ours, reference, atol: float = 1e-6, rtol: float = 1e-5) -> float:
+def check_matches(what: str, ours, reference, atol: float = 1e-6, rtol: float = 1e-5) -> None:
     """Check that a from-scratch computation in the lesson equals the library version that
     does the heavy runs (tensors, arrays or numbers of the same shape).  Prints the largest
     absolute difference; raises ``AssertionError`` naming ``what`` when they differ beyond
-    ``atol + rtol * |reference|``.  Returns the largest difference."""
+    ``atol + rtol * |reference|``.  Returns None (a cell ending with it echoes nothing)."""
     a = torch.as_tensor(ours).detach().double().cpu()
     b = torch.as_tensor(reference).detach().double().cpu()
     if a.shape != b.shape:
@@ -252,7 +251,6 @@ def check_matches(what: str, ours, reference, atol: float = 1e-6, rtol: float = 
         raise AssertionError(f"{what}: the from-scratch version differs from the library's "
                              f"(max |diff| = {worst:.3g} > atol {atol:g} + rtol {rtol:g})")
     print(f"✓ {what}: the from-scratch version matches the library (max |diff| = {worst:.2g})")
-    return worst
 
 
 def say(text: str) -> None:
@@ -268,10 +266,10 @@ def say(text: str) -> None:
         print(text)
 
 
-def show_source(*objs, title: str | None = None):
+def show_source(*objs, title: str | None = None) -> None:
     """Display the source of library functions, classes or methods as highlighted code, so a
     notebook shows its method's real code where the lesson teaches it (and the code a student
-    reads is the code that ran).  Returns the source text."""
+    reads is the code that ran).  Returns None (a cell ending with it echoes nothing)."""
     text = "\n\n".join(inspect.getsource(o).rstrip() for o in objs)
     try:
         from IPython.display import Markdown, display
@@ -280,7 +278,6 @@ def show_source(*objs, title: str | None = None):
         display(Markdown(f"{head}```python\n{text}\n```"))
     except ImportError:  # pragma: no cover - outside IPython
         print(text)
-    return text
 
 
 def pick_device(name: str) -> torch.device:
