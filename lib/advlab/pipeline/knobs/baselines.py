@@ -1,5 +1,5 @@
 """Knobs of 00_baselines (standard and PGD adversarial training)."""
-from ..schema import AUTOATTACK, MODEL, Choice, Float, Int
+from ..schema import AUTOATTACK, MODEL, Bool, Choice, Float, Int
 
 KNOBS = {
     "arch": Choice(MODEL),
@@ -15,8 +15,10 @@ KNOBS = {
     "deep_arch": Choice(MODEL, null=True),
     "deep_n_train_per_class": Int(1, null=True),
     "deep_epochs": Int(1),
+    "deep_full_eval": Bool(),
     "batch_size": Int(1),
     "lr": Float(0, 10),
+    "n_monitor_per_class": Int(1),
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
     **AUTOATTACK,
