@@ -468,3 +468,16 @@ def test_evaluate_worst_case_counts_every_attack_on_the_nested_subset():
     # the worst case is never above any single attack on the same images
     assert row["worst"] <= min(row["pgd20_aa_subset"], row["autoattack"]) + 1e-9
     assert set(per_image["worst"].tolist()) <= {0.0, 1.0}
+
+
+def test_run_metrics_leaves_out_what_was_not_measured():
+    import pandas as pd
+
+    from advlab.papers.awp import run_metrics
+
+    table = pd.DataFrame([{"method": "AT", "checkpoint": "best", "pgd20": 0.5, "autoattack": None},
+                          {"method": "AT", "checkpoint": "last", "pgd20": 0.4, "autoattack": 0.3}]
+                         ).set_index(["method", "checkpoint"]).astype(float)
+    m = run_metrics(table, pd.DataFrame({"AT last": [40.0]}), {"AT last": 0.1})
+    assert m["at_last_autoattack"] == 0.3 and "at_best_autoattack" not in m
+    assert all(v == v for v in m.values())        # no NaN reaches metrics.json

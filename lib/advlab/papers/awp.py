@@ -362,13 +362,14 @@ def spread(per_seed, *keys) -> str:
 
 
 def run_metrics(table, per_seed, sharpness: dict, **extra) -> dict:
-    """The flat metrics dict of the run: every (method, checkpoint) x column of ``table``, the
+    """The flat metrics dict of the run: every (method, checkpoint) x column of ``table`` that
+    was measured (the strong attacks run on the last checkpoints only: no NaN entries), the
     per-seed means, the landscape sharpness of each model, and ``extra``."""
     def key(k):
         return k.lower().replace("-", "_").replace(" ", "_")
 
     metrics = {f"{key(name)}_{which}_{k}": float(v)
-               for (name, which), row in table.iterrows() for k, v in row.items()}
+               for (name, which), row in table.iterrows() for k, v in row.items() if v == v}
     metrics.update({f"mean_{key(k)}": float(v) for k, v in per_seed.mean().items()})
     metrics.update({f"sharpness_{key(k)}": float(v) for k, v in sharpness.items()})
     return {**metrics, **extra}
