@@ -436,3 +436,48 @@ def test_verdict_reading_follows_the_numbers():
     s = summary(claims, diag(1.8), per_seed, {"AT last": 0.6, "AT-AWP last": 0.3}, 0.1, 0.01)
     assert "1.20 (epoch 12) to 1.80" in s and "55.0% against AT's 50.0%" in s
     assert "0 of 1 headline claims and 1 of 2 claims" in s
+
+
+def test_pick_on_validation_tunes_every_arm_alike():
+    from advlab.papers.awp import pick_on_validation
+
+    val = {("AT", 5e-4): 0.49, ("AT", 5e-3): 0.51, ("AT-AWP", 0.005): 0.55,
+           ("AT-AWP", 0.01): 0.53}
+    assert pick_on_validation(val) == {"AT": 5e-3, "AT-AWP": 0.005}
+    with pytest.raises(ValueError, match="same number of candidates"):
+        pick_on_validation({("AT", 5e-4): 0.5, ("AT-AWP", 0.005): 0.5, ("AT-AWP", 0.01): 0.6})
+
+
+def test_evaluate_worst_case_counts_every_attack_on_the_nested_subset():
+    pytest.importorskip("autoattack")
+    from advlab.core import data
+    from advlab.papers.awp import evaluate
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 10)).eval()
+    x, _ = batch(60)
+    y = torch.arange(60) % 10
+    idx = data.stratified_indices(y, 4, 0)
+    aa_idx = data.stratified_indices(y, 2, 0)
+    assert torch.isin(aa_idx, idx).all()           # one seed: nested subsets
+    strong = dict(idx=idx, aa_idx=aa_idx, steps=5, restarts=2, aa_version="lite", aa_iter=3,
+                  aa_targets=1, seed=0)
+    row, per_image = evaluate(net, x, y, x[:6], y[:6], 0.05, 3, strong)
+    assert per_image["pgd20"].shape == (60,) and per_image["worst"].shape == (len(aa_idx),)
+    assert row["worst"] == pytest.approx(per_image["worst"].mean())
+    # the worst case is never above any single attack on the same images
+    assert row["worst"] <= min(row["pgd20_aa_subset"], row["autoattack"]) + 1e-9
+    assert set(per_image["worst"].tolist()) <= {0.0, 1.0}
+
+
+def test_run_metrics_leaves_out_what_was_not_measured():
+    import pandas as pd
+
+    from advlab.papers.awp import run_metrics
+
+    table = pd.DataFrame([{"method": "AT", "checkpoint": "best", "pgd20": 0.5, "autoattack": None},
+                          {"method": "AT", "checkpoint": "last", "pgd20": 0.4, "autoattack": 0.3}]
+                         ).set_index(["method", "checkpoint"]).astype(float)
+    m = run_metrics(table, pd.DataFrame({"AT last": [40.0]}), {"AT last": 0.1})
+    assert m["at_last_autoattack"] == 0.3 and "at_best_autoattack" not in m
+    assert all(v == v for v in m.values())        # no NaN reaches metrics.json

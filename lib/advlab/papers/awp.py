@@ -255,34 +255,61 @@ def train_one(run, name: str, seed: int, method, gamma: float, warmup_epochs: in
 
 def evaluate(model: nn.Module, x, y, x_train, y_train, eps: float, steps: int,
              strong: dict | None = None) -> tuple:
-    """One row of the evaluation table, and the per-image PGD-``steps`` correctness on (x, y).
+    """One row of the evaluation table, and per-image correctness (numpy 0/1 arrays).
 
     ``x`` (N, C, H, W), ``y`` (N,): the test subset; ``x_train``, ``y_train``: a training slice
     for the robust generalisation gap (train minus test PGD accuracy, both at the unperturbed
-    weights).  Accuracies are fractions in [0, 1].  ``strong`` (first seed only): ``idx`` and
-    ``aa_idx`` (index arrays into x), ``steps``, ``restarts`` (PGD with restarts, worst case
-    per image), ``aa_version``, ``aa_iter``, ``aa_targets``, ``seed`` (AutoAttack); the row then
-    also holds PGD-``steps`` on the same subsets, for a like-for-like comparison."""
+    weights).  Accuracies are fractions in [0, 1].  Every PGD stops attacking an image once it
+    is fooled and restarts only the images still robust (``early_stop``: the accuracy can only
+    be lower than without it).  ``strong``: ``idx`` and ``aa_idx`` (sorted index arrays into
+    x, e.g. from ``data.stratified_indices``), ``steps``, ``restarts`` (PGD with restarts, worst
+    case per image), ``aa_version``, ``aa_iter``, ``aa_targets``, ``seed`` (AutoAttack); the row
+    then also holds PGD-``steps`` on the same subsets, for a like-for-like comparison, and
+    ``worst``: the accuracy on the ``aa_idx`` images when every attack run counts (an image is
+    robust only if PGD-``steps``, AutoAttack and, where ``aa_idx`` lies inside ``idx``, the PGD
+    with restarts all fail on it).  Returns ``(row, {"pgd20": (N,), "worst": (len(aa_idx),)})``
+    (``worst`` only with ``strong``)."""
     from ..core import evaluation
 
-    acc, adv = evaluation.accuracy, evaluation.adversarial_examples
-    x_pgd = adv(model, x, y, "pgd", eps, steps=steps)
+    acc, adv, correct = evaluation.accuracy, evaluation.adversarial_examples, evaluation.correct
+    x_pgd = adv(model, x, y, "pgd", eps, steps=steps, early_stop=True)
     row = {"clean": acc(model, x, y), "pgd20": acc(model, x_pgd, y),
-           "train_pgd20": acc(model, adv(model, x_train, y_train, "pgd", eps, steps=steps),
-                              y_train)}
+           "train_pgd20": acc(model, adv(model, x_train, y_train, "pgd", eps, steps=steps,
+                                         early_stop=True), y_train)}
     row["gap"] = row["train_pgd20"] - row["pgd20"]
+    per_image = {"pgd20": correct(model, x_pgd, y).numpy()}
     if strong:
-        i, j = strong["idx"], strong["aa_idx"]
+        i, j = torch.as_tensor(strong["idx"]), torch.as_tensor(strong["aa_idx"])
         x50 = adv(model, x[i], y[i], "pgd", eps, steps=strong["steps"],
-                  restarts=strong["restarts"])
+                  restarts=strong["restarts"], early_stop=True)
         x_aa = adv(model, x[j], y[j], "autoattack", eps, version=strong["aa_version"],
                    n_iter=strong["aa_iter"], n_target_classes=strong["aa_targets"],
                    seed=strong["seed"])
+        worst = correct(model, x_pgd[j], y[j]) * correct(model, x_aa, y[j])
+        if torch.isin(j, i).all():  # stratified subsets of one seed are nested
+            worst = worst * correct(model, x50, y[i])[torch.searchsorted(i, j)]
         row.update({"pgd20_strong_subset": acc(model, x_pgd[i], y[i]),
                     "pgd50_restarts": acc(model, x50, y[i]),
                     "pgd20_aa_subset": acc(model, x_pgd[j], y[j]),
-                    "autoattack": acc(model, x_aa, y[j])})
-    return row, evaluation.correct(model, x_pgd, y).numpy()
+                    "autoattack": acc(model, x_aa, y[j]), "worst": float(worst.float().mean())})
+        per_image["worst"] = worst.numpy()
+    return row, per_image
+
+
+def pick_on_validation(val_acc: dict) -> dict:
+    """The candidate of each arm with the highest validation robust accuracy.
+
+    ``val_acc``: ``{(arm, value): accuracy}``, e.g. ``{("AT", 5e-4): 0.49, ("AT", 5e-3): 0.51,
+    ("AT-AWP", 0.005): 0.53, ...}``.  Returns ``{arm: value}``.  Every arm must have the same
+    number of candidates: a knob tuned for one arm is tuned the same way for the other (ties go
+    to the first candidate)."""
+    arms: dict = {}
+    for (arm, value), a in val_acc.items():
+        arms.setdefault(arm, []).append((value, a))
+    sizes = {arm: len(c) for arm, c in arms.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every arm needs the same number of candidates, got {sizes}")
+    return {arm: max(c, key=lambda va: va[1])[0] for arm, c in arms.items()}
 
 
 def drop_of(results, name: str, seed: int, key: str = "pgd20") -> float:
@@ -335,13 +362,14 @@ def spread(per_seed, *keys) -> str:
 
 
 def run_metrics(table, per_seed, sharpness: dict, **extra) -> dict:
-    """The flat metrics dict of the run: every (method, checkpoint) x column of ``table``, the
+    """The flat metrics dict of the run: every (method, checkpoint) x column of ``table`` that
+    was measured (the strong attacks run on the last checkpoints only: no NaN entries), the
     per-seed means, the landscape sharpness of each model, and ``extra``."""
     def key(k):
         return k.lower().replace("-", "_").replace(" ", "_")
 
     metrics = {f"{key(name)}_{which}_{k}": float(v)
-               for (name, which), row in table.iterrows() for k, v in row.items()}
+               for (name, which), row in table.iterrows() for k, v in row.items() if v == v}
     metrics.update({f"mean_{key(k)}": float(v) for k, v in per_seed.mean().items()})
     metrics.update({f"sharpness_{key(k)}": float(v) for k, v in sharpness.items()})
     return {**metrics, **extra}

@@ -1,5 +1,5 @@
 """Knobs of 00_baselines (standard and PGD adversarial training)."""
-from ..schema import AUTOATTACK, MODEL, Choice, Float, Int, Size
+from ..schema import AUTOATTACK, MODEL, Bool, Choice, Float, Int, Size
 
 KNOBS = {
     "arch": Choice(MODEL),
@@ -15,8 +15,10 @@ KNOBS = {
     "deep_arch": Choice(MODEL, null=True),
     "deep_n_train_per_class": Size("train", disjoint="n_val_per_class", within="std_n_train_per_class", null=True),
     "deep_epochs": Int(1),
+    "deep_full_eval": Bool(),
     "batch_size": Int(1),
     "lr": Float(0, 10),
+    "n_monitor_per_class": Size("train"),   # watched from the validation split (capped at it)
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
     **AUTOATTACK,
