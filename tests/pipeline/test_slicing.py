@@ -151,13 +151,8 @@ def test_what_is_not_a_dataset_slice_is_not_flagged(code):
 # Notebooks of other sessions that slice today (fixes on their branches; the lead removes an
 # entry once its fix is merged): stage -> why it is listed.
 KNOWN = {
-    "00_baselines": "code cell 15: `data.stratified_indices(y_eval, 1, seed)[:8]` (figure: "
-                    "classes 8 and 9 never shown)",
-    "02_awp": "code cells 4 and 14: `x_train[:batch_size]` (from-scratch check, overhead "
-              "timing); cell 20: `x_land[:100]` (figure)",
     "05_mad": "code cell 4: `stratified_indices(y_train, ...)[:n_sal]` (saliency set loses "
               "images of the last classes); cell 19: `x_eval[:200]` (explorer)",
-    "07_adml": "code cell 3: `x_train[:batch_size // 2]` (from-scratch check)",
 }
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
