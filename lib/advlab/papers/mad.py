@@ -216,7 +216,7 @@ def mad_parts(model: nn.Module, batches: Batches, mask_steps: int = 20, mask_lr:
             s = {n: torch.ones_like(v) for n, v in w.items()}
             factors = kfac_factors(model, x, y)
         for n in w:
-            delta = w[n] * (1 - s[n])
+            delta = w[n] * (1 - s[n]) if optimize_mask else w[n]
             tot["share"][n] += block_saliency(delta, *factors[n])
             tot["diagonal"][n] += diagonal_saliency(delta, *factors[n])
             tot["mask"][n] += s[n].double().cpu()
