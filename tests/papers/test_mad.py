@@ -335,6 +335,13 @@ def test_verdict_reading_and_summary_follow_the_numbers():
     s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
     assert "mad 7.5%, magnitude 30.0%" in s and "**magnitude** (30.0%)" in s
     assert "only moderately stable" in s and "0 of 1 headline claims and 0 of 2 claims" in s
+    assert "After the identical fine-tune" not in s        # no fine-tune claim, no bullet
+    claims.check("criterion_matters_after_finetune", "After the fine-tune the criterion still "
+                 "matters: magnitude pruning beats random pruning", "", 12.0, ">", 0.0,
+                 unit="points", interval=(4.0, 20.0))
+    s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
+    assert "**After the identical fine-tune**: the criterion still matters" in s
+    assert "holds (+12.0 points)" in s and "1 of 2 headline claims" in s
 
 
 def test_figures_have_axis_labels_and_a_legend_outside():

@@ -692,7 +692,7 @@ def read_verdicts(claims, mean_pgd, frac_neg: float) -> str:
         best = max(have, key=lambda m: mean_pgd[m])
         lines.append(
             f"- MAD keeps {-c.measured:.1f} points *less* robust accuracy than magnitude pruning "
-            "at high sparsity. Of MAD's ingredient variants, the best is "
+            f"({c.note}). Of MAD's ingredient variants, the best is "
             f"**{ABLATION[best]}** ({mean_pgd[best]:.1%} mean one-shot PGD accuracy, against "
             f"{mean_pgd['mad']:.1%} for MAD"
             + (f" and {mean_pgd['magnitude']:.1%} for magnitude" if "magnitude" in mean_pgd
@@ -712,6 +712,14 @@ def summary(claims, pgd_at, high, dense_acc: dict, rho: float, frac_neg: float) 
     shown = [m for m in ("mad", "magnitude", "random", "hydra") if m in mean_high]
     heads = [c for c in claims.items if c.kind == "headline"]
     s = claims.summary
+    by_id = {c.id: c for c in claims.items}
+    ft = [by_id[k] for k in ("mad_beats_magnitude_finetuned", "criterion_matters_after_finetune")
+          if k in by_id and by_id[k].verdict != "not run"]
+    ft_line = ["- **After the identical fine-tune**: " + "; ".join(
+        f"{c.statement.removeprefix('After the identical fine-tune, ').removeprefix('After the fine-tune ')}"
+        f": {c.verdict} ({c.measured:+.1f} {c.unit})" for c in ft)
+        + ". Whether fine-tuning hides the criterion is read from these, not from the paper's "
+        "post-fine-tune numbers alone."] if ft else []
     return "\n".join([
         f"- **The dense robust network** scores {dense_acc['clean']:.1%} clean and "
         f"{dense_acc['pgd']:.1%} under PGD; pruning asks how much of that survives.",
@@ -722,6 +730,7 @@ def summary(claims, pgd_at, high, dense_acc: dict, rho: float, frac_neg: float) 
         "ranking is " + ("stable" if rho >= 0.8 else "only moderately stable" if rho >= 0.5
                          else "unstable") + f" between two halves of the data (Spearman "
         f"{rho:.2f}), and {frac_neg:.1%} of its scores are negative cross-term shares.",
+        *ft_line,
         f"- **Verdict.** {sum(c.holds for c in heads)} of {len(heads)} headline claims and "
         f"{s['holds']} of {s['n']} claims in all hold on this run; the ablation of MAD's "
         "ingredients says where the method wins or loses.",
