@@ -410,12 +410,8 @@ def evaluate(model: nn.Module, x, y, eps: float, steps: int, restarts: int = 1,
     ok = {"pgd": evaluation.correct(model, x_adv, y)}
     out = {"clean": evaluation.accuracy(model, x, y), "pgd": float(ok["pgd"].mean())}
     if aa:
-        i = aa["idx"]
-        x_aa = evaluation.adversarial_examples(model, x[i], y[i], "autoattack", eps,
-                                               version=aa["version"], n_iter=aa["n_iter"],
-                                               n_target_classes=aa["targets"], seed=aa["seed"])
-        ok["aa"] = evaluation.correct(model, x_aa, y[i])
-        out["aa"] = float(ok["aa"].mean())
+        res = evaluate_aa(model, x, y, eps, aa)
+        out["aa"], ok["aa"] = res["aa"], res["ok"]["aa"]
     return {**out, "ok": ok}
 
 
@@ -520,13 +516,42 @@ def digest(obj) -> str:
     return h.hexdigest()[:16]
 
 
+def one_shot_from_sweep(sweep, sweep_ok: dict, model: nn.Module, name: str, p: float,
+                        aa_fn=None, aa_methods=()) -> dict:
+    """A pruned network's one-shot measurements without attacking it again: clean and PGD
+    accuracy and per-image PGD outcomes from the sweep (the same mask and BatchNorm
+    re-estimation, so the same network), plus ``aa_fn(model)`` -> {"aa", "ok": {"aa"}} for the
+    methods in ``aa_methods`` (those whose one-shot AutoAttack accuracy a claim reads)."""
+    row = sweep.set_index(["method", "sparsity"]).loc[(name, p)]
+    out = {"clean": float(row["clean"]), "pgd": float(row["pgd"]), "aa": float("nan"),
+           "ok": {"pgd": sweep_ok[name, p]}}
+    if aa_fn is not None and name in aa_methods:
+        aa = aa_fn(model)
+        out["aa"], out["ok"]["aa"] = aa["aa"], aa["ok"]["aa"]
+    return out
+
+
+def evaluate_aa(model: nn.Module, x, y, eps: float, aa: dict) -> dict:
+    """AutoAttack only, on x[aa['idx']]: {'aa': accuracy, 'ok': {'aa': per-image 0./1.}}."""
+    from ..core import evaluation
+
+    i = aa["idx"]
+    x_aa = evaluation.adversarial_examples(model, x[i], y[i], "autoattack", eps,
+                                           version=aa["version"], n_iter=aa["n_iter"],
+                                           n_target_classes=aa["targets"], seed=aa["seed"])
+    ok = evaluation.correct(model, x_aa, y[i])
+    return {"aa": float(ok.mean()), "ok": {"aa": ok}}
+
+
 def finetune_all(run, dense: nn.Module, masks_at: dict, todo, train: tuple, method, cfg,
-                 evaluate_fn, bn_data=None, progress=None):
+                 evaluate_fn, bn_data=None, progress=None, before_fn=None):
     """The identical adversarial fine-tune, mask fixed (``pruning.MaskEnforcer``), for every
     (method, sparsity) in ``todo``, resumable (``run.work_checkpoint`` keyed by the training
     setup and digests of the starting weights and the mask).  ``train`` = (x, y);
     ``evaluate_fn(model) -> {"clean", "pgd", "aa", "ok"}`` measures each network before
-    (one-shot, BatchNorm re-estimated on ``bn_data``) and after the fine-tune.  Returns rows
+    (one-shot, BatchNorm re-estimated on ``bn_data``) and after the fine-tune; ``before_fn(model,
+    name, p)``, if given, replaces it before the fine-tune (e.g. ``one_shot_from_sweep``, which
+    reuses the sweep's measurements of the same network).  Returns rows
     (method, sparsity, clean_0 / pgd_0 / aa_0 one-shot, clean_ft / pgd_ft / aa_ft,
     sparsity_ft, ft_seconds) and the per-image outcomes {(method, sparsity, '0' | 'ft'):
     {'pgd': [N], 'aa': [M]}}."""
@@ -538,7 +563,7 @@ def finetune_all(run, dense: nn.Module, masks_at: dict, todo, train: tuple, meth
         pruned = pruning.apply_masks(copy.deepcopy(dense), masks)
         if bn_data is not None:
             pruning.recalibrate_batchnorm(pruned, bn_data)
-        before = evaluate_fn(pruned)
+        before = before_fn(pruned, name, p) if before_fn else evaluate_fn(pruned)
         t0 = time.perf_counter()
         ckpt = run.work_checkpoint(f"ft_{name}_{p}", {"method": vars(method), "cfg": vars(cfg),
                                                       "n": len(train[0]), "start": digest(pruned),
