@@ -568,3 +568,22 @@ def test_sizes_fit_mnist5k_per_class(profile):
     assert -(-p["sal_n_batches"] * p["sal_batch_size"] // k) <= tr
     assert (p["finetune_n_per_class"] or 0) <= tr
     assert p["n_eval_per_class"] <= te and p["aa_n_per_class"] <= p["n_eval_per_class"]
+
+
+def test_one_shot_from_sweep_reuses_the_sweep_and_attacks_only_where_read():
+    import pandas as pd
+
+    sweep = pd.DataFrame([{"method": "mad", "sparsity": 0.9, "clean": 0.1, "pgd": 0.02},
+                          {"method": "hydra", "sparsity": 0.9, "clean": 0.6, "pgd": 0.5}])
+    ok = {("mad", 0.9): torch.tensor([0.0, 1.0]), ("hydra", 0.9): torch.tensor([1.0, 1.0])}
+    calls = []
+
+    def aa_fn(model):
+        calls.append(model)
+        return {"aa": 0.5, "ok": {"aa": torch.tensor([1.0, 0.0])}}
+
+    got = mad.one_shot_from_sweep(sweep, ok, "net", "mad", 0.9, aa_fn, {"mad"})
+    assert (got["clean"], got["pgd"], got["aa"]) == (0.1, 0.02, 0.5) and calls == ["net"]
+    assert got["ok"]["pgd"] is ok["mad", 0.9] and got["ok"]["aa"].tolist() == [1.0, 0.0]
+    other = mad.one_shot_from_sweep(sweep, ok, "net", "hydra", 0.9, aa_fn, {"mad"})
+    assert other["pgd"] == 0.5 and "aa" not in other["ok"] and len(calls) == 1
