@@ -457,7 +457,7 @@ def score_all(model: nn.Module, batches: Batches, methods, mask_steps: int, mask
         seconds[name] = time.perf_counter() - t0
     for key in ("mad_largest", "mad_abs", "mask_value"):   # free with MAD's pass
         if key in methods and "mad" in seconds:
-            seconds[key] = seconds["mad"]
+            seconds[key] = 0.0
     scores = {m: scores[m] for m in methods if m in scores}
     return scores, seconds, halves, parts
 
@@ -845,15 +845,15 @@ def plot_kept(kept, methods, sparsities):
 
 
 def plot_finetune(ft, dense_aa: float, methods, aa_label: str, eval_steps: int):
-    """Robust accuracy (%) one-shot (AutoAttack), fine-tuned (PGD) and fine-tuned (AutoAttack) per
+    """Robust accuracy (%) one-shot (PGD), fine-tuned (PGD) and fine-tuned (AutoAttack) per
     method, one panel per fine-tuned sparsity; the dense network's AutoAttack accuracy dotted."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    measures = {"aa_0": f"one-shot, {aa_label}",
+    measures = {"pgd_0": f"one-shot, PGD-{eval_steps}",
                 "pgd_ft": f"fine-tuned, PGD-{eval_steps}", "aa_ft": f"fine-tuned, {aa_label}"}
     ps = sorted(set(ft.sparsity))
-    fig, axes = plt.subplots(1, len(ps), figsize=(5.5 * len(ps), 3.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(ps), figsize=(6.5 * len(ps), 3.6), squeeze=False,
                              sharey=True)
     ms = [m for m in methods if m in set(ft.method)]
     for ax, p in zip(axes[0], ps):
@@ -861,7 +861,8 @@ def plot_finetune(ft, dense_aa: float, methods, aa_label: str, eval_steps: int):
         for i, (key, lab) in enumerate(measures.items()):
             ax.bar(np.arange(len(ms)) + i * 0.27, 100 * d.loc[ms, key], 0.27, label=lab)
         ax.axhline(100 * dense_aa, color="k", ls=":", label=f"dense, {aa_label}")
-        ax.set_xticks(np.arange(len(ms)) + 0.27, ms)
+        ax.set_xticks(np.arange(len(ms)) + 0.27, ms, rotation=20)
+        ax.set_xlabel("pruning criterion")
         ax.set_title(f"{p:.0%} sparsity")
     axes[0][0].set_ylabel("robust accuracy (%)")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
