@@ -249,8 +249,9 @@ def test_layer_labels_and_score_all_by_products():
     x, y = images(16)
     batches = [(x[:8], y[:8]), (x[8:], y[8:])]
     methods = ["mad", "mad_largest", "mad_no_mask", "kfac_obd", "magnitude"]
-    scores, seconds, halves = mad.score_all(net, batches, methods, 2, 0.1, seed=0)
+    scores, seconds, halves, parts = mad.score_all(net, batches, methods, 2, 0.1, seed=0)
     assert set(scores) == set(methods) and "mad_diagonal" not in scores
+    assert set(parts) == {"share", "diagonal", "mask", "refused"}
     full = mad.mad_scores(net, batches, 2, 0.1)   # the halves' weighted mean == one pass
     for k in full:
         torch.testing.assert_close(scores["mad"][k], full[k], rtol=1e-6, atol=1e-15)
@@ -277,9 +278,15 @@ def test_prune_sweep_reaches_each_sparsity_and_leaves_the_dense_network():
     labels = mad.layer_labels(net)
     scores = {"magnitude": mad.magnitude_scores(net)}
     ev = partial(mad.evaluate, x=x, y=y, eps=0.1, steps=1)
-    sweep, kept, masks = mad.prune_sweep(net, scores, ["magnitude"], [0.5, 0.9], (), 0, ev,
-                                         (x, y), labels, bn_data=x)
-    assert list(sweep.sparsity) == [0.5, 0.9]
+    scores["random"] = mad.random_scores(net)
+    sweep, kept, masks, ok = mad.prune_sweep(net, scores, ["magnitude", "random"], [0.5, 0.9], (),
+                                             0, ev, (x, y), labels, bn_data=x,
+                                             only={"random": [0.9]})
+    assert list(zip(sweep.method, sweep.sparsity)) == [("magnitude", 0.5), ("magnitude", 0.9),
+                                                       ("random", 0.9)]   # random only at 0.9
+    assert set(ok) == set(masks) and all(len(v) == len(x) for v in ok.values())
+    assert [float(ok[m, p].mean()) for m, p in zip(sweep.method, sweep.sparsity)] == \
+        pytest.approx(list(sweep.pgd))      # the per-image outcomes are the reported accuracy
     assert (sweep.actual_sparsity >= sweep.sparsity - 0.02).all()
     assert set(kept.layer) == {"conv1", "conv2", "classifier"}
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
@@ -328,6 +335,13 @@ def test_verdict_reading_and_summary_follow_the_numbers():
     s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
     assert "mad 7.5%, magnitude 30.0%" in s and "**magnitude** (30.0%)" in s
     assert "only moderately stable" in s and "0 of 1 headline claims and 0 of 2 claims" in s
+    assert "After the identical fine-tune" not in s        # no fine-tune claim, no bullet
+    claims.check("criterion_matters_after_finetune", "After the fine-tune the criterion still "
+                 "matters: magnitude pruning beats random pruning", "", 12.0, ">", 0.0,
+                 unit="points", interval=(4.0, 20.0))
+    s = mad.summary(claims, pgd_at, [0.9, 0.99], {"clean": 0.75, "pgd": 0.6}, 0.63, 0.188)
+    assert "**After the identical fine-tune**: the criterion still matters" in s
+    assert "holds (+12.0 points)" in s and "1 of 2 headline claims" in s
 
 
 def test_figures_have_axis_labels_and_a_legend_outside():
@@ -353,3 +367,223 @@ def test_figures_have_axis_labels_and_a_legend_outside():
     assert legend.get_bbox_to_anchor().x0 > fig2.axes[1].get_window_extent().x1 - 1
     assert "%" in fig2.axes[0].get_ylabel()
     plt.close("all")
+
+
+# --------------------------------------------------------------------------- the official formula
+def official_reference_scores(net, x, y, s):
+    """MAD's saliency on one batch as the official code computes it, re-implemented
+    independently of the library (``KFACMADPruner._compute_delta_L`` with ``ComputeCovA`` /
+    ``ComputeCovG`` of ``utils/kfac_utils.py``, ``batch_averaged=True``): module hooks on a
+    copy whose weights are w * s; official ``_extract_patches`` (pad, ``Tensor.unfold``,
+    transposes); a column of ones in A for a layer with a bias, whose Delta is 0 because our
+    bias masks stay at 1; then, row by row, diag((1/2 G_ii Delta_i^T) @ (Delta_i A))."""
+    model = copy.deepcopy(net).eval()
+    layers = pruning.prunable_layers(model)
+    w0 = {n: m.weight.detach().clone() for n, m in layers.items()}
+    with torch.no_grad():
+        for n, m in layers.items():
+            m.weight.mul_(s[n])
+    acts, grads, hooks = {}, {}, []
+    for n, m in layers.items():
+        hooks.append(m.register_forward_pre_hook(
+            lambda mod, inp, n=n: acts.__setitem__(n, inp[0].detach())))
+        hooks.append(m.register_full_backward_hook(
+            lambda mod, gin, gout, n=n: grads.__setitem__(n, gout[0].detach())))
+    F.cross_entropy(model(x), y).backward()
+    for h in hooks:
+        h.remove()
+    out = {}
+    for n, m in layers.items():
+        a, g = acts[n].double(), grads[n].double()
+        B = a.size(0)
+        if isinstance(m, nn.Conv2d):
+            (kh, kw), (ph, pw), (sh, sw) = m.kernel_size, m.padding, m.stride
+            p = F.pad(a, (pw, pw, ph, ph)).unfold(2, kh, sh).unfold(3, kw, sw)
+            p = p.transpose_(1, 2).transpose_(2, 3).contiguous()
+            p = p.view(p.size(0), p.size(1), p.size(2), p.size(3) * p.size(4) * p.size(5))
+            L = p.size(1) * p.size(2)
+            a = p.view(-1, p.size(-1))
+            if m.bias is not None:
+                a = torch.cat([a, a.new_ones(a.size(0), 1)], 1)
+            a = a / L
+            cov_a = a.t() @ (a / B)
+            g = g.transpose(1, 2).transpose(2, 3).contiguous().view(-1, g.size(1)) * B * L
+            cov_g = g.t() @ (g / g.size(0))
+        else:
+            if m.bias is not None:
+                a = torch.cat([a, a.new_ones(B, 1)], 1)
+            cov_a = a.t() @ (a / B)
+            cov_g = g.t() @ (g * B)
+        w = w0[n].double()
+        dw = (w - w * s[n].double()).view(w.size(0), -1)       # w - operator(w, mask)
+        if m.bias is not None:
+            dw = torch.cat([dw, dw.new_zeros(dw.size(0), 1)], 1)  # bias mask stays at 1
+        rows = [torch.diag((0.5 * cov_g[i, i] * dw[i][:, None]) @ (dw[i][None, :] @ cov_a))
+                for i in range(dw.size(0))]
+        S = torch.stack(rows)
+        out[n] = (S[:, :-1] if m.bias is not None else S).reshape(w.shape)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_official_formula_reference_equals_mad_scores_on_toy_layers():
+    """The official computation (reference above) on a conv + BN + linear toy network equals
+    ``mad.mad_scores`` on every layer; the diagonal variant does not (the test can fail)."""
+    net = small_cnn_bn()
+    x, y = images(16)
+    s = mad.optimize_masks(net, x, y, steps=5, lr=0.1)
+    ref = official_reference_scores(net, x, y, s)
+    share, diag = mad.mad_scores(net, [(x, y)], mask_steps=5, mask_lr=0.1, return_diagonal=True)
+    assert set(ref) == set(share) and any((v < 0).any() for v in ref.values())
+    for n in ref:
+        scale = float(ref[n].abs().max())
+        assert scale > 0
+        torch.testing.assert_close(share[n], ref[n], rtol=1e-5, atol=1e-6 * scale)
+        assert not torch.allclose(diag[n], ref[n], rtol=1e-3, atol=1e-6 * scale)
+
+
+def test_official_clamp_bound_is_one_float32_step_below_ours():
+    ours = torch.tensor(mad.SOFTPLUS_INV_1, dtype=torch.float32)
+    official = torch.tensor(mad.OFFICIAL_SOFTPLUS_INV_1, dtype=torch.float32)
+    assert official < ours and torch.nextafter(official, ours) == ours
+    assert "official" in mad.official_check_text() and "bug" in mad.official_check_text()
+
+
+# --------------------------------------------------------------------------- the ablations
+def test_mad_abs_prunes_the_scores_nearest_zero_not_the_most_negative():
+    scores = {"l": torch.tensor([[-3.0, 1.0, 0.5, 2.0]], dtype=torch.float64)}
+    signed = pruning.masks_from_scores(scores, 0.5)["l"]
+    absolute = pruning.masks_from_scores(mad.abs_scores(scores), 0.5)["l"]
+    assert signed.tolist() == [[0, 1, 0, 1]]       # the official ascending sort: -3 goes first
+    assert absolute.tolist() == [[1, 0, 0, 1]]     # |S|: 0.5 and 1 go first, -3 is kept
+
+
+def test_mask_value_prunes_where_the_mask_shrank_most():
+    mask = {"l": torch.tensor([[0.2, 1.0, 0.9, 0.5]], dtype=torch.float64)}
+    kept = pruning.masks_from_scores(mad.mask_value_scores(mask), 0.5)["l"]
+    assert kept.tolist() == [[0, 1, 1, 0]]          # s = 0.2 and 0.5 shrank most: pruned
+    model, (x, y) = logreg(), toy_data()
+    s = mad.optimize_masks(model, x, y, steps=4, lr=0.1)
+    got = mad.CRITERIA["mask_value"](model, [(x, y)], mask_steps=4, mask_lr=0.1)
+    torch.testing.assert_close(got["0"], s["0"].double())
+
+
+def test_mad_parts_refused_weights_score_exactly_zero():
+    """The mask step leaves some weights at s = 1; their Delta and score are exactly 0 and
+    'refused' counts them per batch; without the mask step nothing is refused (Delta = w)."""
+    model, (x, y) = logreg(), toy_data()
+    s = mad.optimize_masks(model, x, y, steps=3, lr=0.1)
+    parts = mad.mad_parts(model, [(x, y)], 3, 0.1)
+    refused = s["0"] >= 1
+    assert 0 < int(refused.sum()) < refused.numel()
+    assert torch.equal(parts["refused"]["0"], refused.double())
+    assert (parts["share"]["0"][refused] == 0).all() and (parts["share"]["0"][~refused] != 0).all()
+    two = mad.mad_parts(model, [(x, y), (x[:6], y[:6])], 3, 0.1)
+    assert ((two["refused"]["0"] * 2) % 1 == 0).all()          # a fraction of the two batches
+    dense = mad.mad_parts(model, [(x, y)], optimize_mask=False)
+    assert (dense["share"]["0"] != 0).all()
+
+
+def test_score_all_by_products_of_the_ablations():
+    net = small_cnn_bn()
+    x, y = images(16)
+    methods = ["mad", "mad_abs", "mask_value", "kfac_obd"]
+    scores, _, _, parts = mad.score_all(net, [(x[:8], y[:8]), (x[8:], y[8:])], methods, 2, 0.1, 0)
+    assert list(scores) == methods
+    for n in scores["mad"]:
+        assert torch.equal(scores["mad_abs"][n], scores["mad"][n].abs())
+        assert torch.equal(scores["mask_value"][n], parts["mask"][n])
+        assert ((parts["mask"][n] > 0) & (parts["mask"][n] <= 1)).all()
+
+
+# --------------------------------------------------------------------------- claims' arithmetic
+def test_mechanism_stats_by_hand():
+    w = {"a": torch.arange(1.0, 9.0).view(2, 4), "b": torch.arange(9.0, 17.0).view(2, 4)}
+    share = {"a": torch.ones(2, 4, dtype=torch.float64),
+             "b": torch.tensor([[1, 1, 1, 1], [1, 1, -1, 0]], dtype=torch.float64)}
+    refused = {"a": torch.zeros(2, 4, dtype=torch.float64),
+               "b": torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0.5]], dtype=torch.float64)}
+    st = mad.mechanism_stats(w, {"share": share, "refused": refused}, ["a", "b"], top=0.25)
+    assert (st["top_k"], st["top_n"]) == (2, 4)        # |w| 13..16: scores 1, 1, -1, 0
+    assert st["q_n"] == [4, 4, 4, 4] and st["q_major"] == [0, 0, 0, 3]
+    assert st["refused_by_quartile"] == pytest.approx([0, 0, 0, 2.5 / 4])
+    assert st["refused_all"] == pytest.approx(2.5 / 16)
+
+
+def test_paired_and_unpaired_gaps():
+    from advlab.core.claims import paired_proportions_interval, wilson_interval
+
+    a, b = torch.tensor([1.0, 1, 0, 1, 1, 0]), torch.tensor([0.0, 1, 0, 0, 1, 0])
+    g, (lo, hi), kind = mad.paired_gap(a, b)
+    assert g == pytest.approx(100 * 2 / 6) and "Newcombe" in kind
+    assert (lo, hi) == pytest.approx(tuple(100 * v for v in paired_proportions_interval(a, b)))
+    oks = {("m", 0.5): a, ("m", 0.9): b}
+    avg = mad.per_image(oks, "m", [0.5, 0.9])
+    assert avg.tolist() == [0.5, 1, 0, 0.5, 1, 0]
+    assert "bootstrap" in mad.paired_gap(avg, b)[2]
+    d, (lo, hi) = mad.unpaired_gap(30, 100, 10, 100)
+    l1, u1 = wilson_interval(30, 100)
+    l2, u2 = wilson_interval(10, 100)
+    assert d == pytest.approx(20.0)
+    assert lo == pytest.approx(100 * (0.2 - ((0.3 - l1) ** 2 + (u2 - 0.1) ** 2) ** 0.5))
+    assert hi == pytest.approx(100 * (0.2 + ((u1 - 0.3) ** 2 + (0.1 - l2) ** 2) ** 0.5))
+    assert lo < d < hi
+
+
+def test_at_chance_marks_a_check_of_a_method_at_chance():
+    import pandas as pd
+
+    t = pd.Series({("mad", 0.9): 0.08, ("mad_largest", 0.9): 0.02, ("magnitude", 0.9): 0.4})
+    assert "uninformative" in mad.at_chance(t, "mad", [0.9])
+    assert mad.at_chance(t, "magnitude", [0.9]) == ""
+
+
+def test_evaluate_reports_per_image_outcomes():
+    net = small_cnn_bn()
+    x, y = images(12)
+    out = mad.evaluate(net, x, y, eps=0.05, steps=2,
+                       aa=dict(idx=torch.arange(4), version="lite", n_iter=2, targets=1, seed=0))
+    assert out["ok"]["pgd"].shape == (12,) and out["ok"]["aa"].shape == (4,)
+    assert out["pgd"] == pytest.approx(float(out["ok"]["pgd"].mean()))
+    assert out["aa"] == pytest.approx(float(out["ok"]["aa"].mean()))
+    assert out["pgd"] <= out["clean"]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_sizes_fit_mnist5k_per_class(profile):
+    """05 with common.dataset: mnist5k (about 400 train / 100 test images per class, stored
+    sorted by class): every per-class size fits, so the stratified subsets are what they
+    claim.  Skipped when the data are absent."""
+    from advlab.core import data
+    from advlab.pipeline import params
+
+    try:
+        _, y_tr = data.load_dataset("mnist5k", "train")
+        _, y_te = data.load_dataset("mnist5k", "test")
+    except (FileNotFoundError, OSError) as e:
+        pytest.skip(f"mnist5k not available: {e}")
+    p = params.resolve("05_mad", profile)
+    k = int(y_tr.max()) + 1
+    tr, te = int(torch.bincount(y_tr).min()), int(torch.bincount(y_te).min())
+    assert -(-p["sal_n_batches"] * p["sal_batch_size"] // k) <= tr
+    assert (p["finetune_n_per_class"] or 0) <= tr
+    assert p["n_eval_per_class"] <= te and p["aa_n_per_class"] <= p["n_eval_per_class"]
+
+
+def test_one_shot_from_sweep_reuses_the_sweep_and_attacks_only_where_read():
+    import pandas as pd
+
+    sweep = pd.DataFrame([{"method": "mad", "sparsity": 0.9, "clean": 0.1, "pgd": 0.02},
+                          {"method": "hydra", "sparsity": 0.9, "clean": 0.6, "pgd": 0.5}])
+    ok = {("mad", 0.9): torch.tensor([0.0, 1.0]), ("hydra", 0.9): torch.tensor([1.0, 1.0])}
+    calls = []
+
+    def aa_fn(model):
+        calls.append(model)
+        return {"aa": 0.5, "ok": {"aa": torch.tensor([1.0, 0.0])}}
+
+    got = mad.one_shot_from_sweep(sweep, ok, "net", "mad", 0.9, aa_fn, {"mad"})
+    assert (got["clean"], got["pgd"], got["aa"]) == (0.1, 0.02, 0.5) and calls == ["net"]
+    assert got["ok"]["pgd"] is ok["mad", 0.9] and got["ok"]["aa"].tolist() == [1.0, 0.0]
+    other = mad.one_shot_from_sweep(sweep, ok, "net", "hydra", 0.9, aa_fn, {"mad"})
+    assert other["pgd"] == 0.5 and "aa" not in other["ok"] and len(calls) == 1

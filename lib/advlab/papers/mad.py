@@ -52,6 +52,37 @@ from ..core.pruning import masks_from_scores, prunable_layers
 
 SOFTPLUS_INV_1 = math.log(math.e - 1)        # softplus(m) = 1   (mask fully on)
 SOFTPLUS_INV_MIN = math.log(math.expm1(1e-4))  # softplus(m) = 1e-4 (mask's lower bound)
+OFFICIAL_SOFTPLUS_INV_1 = float(torch.log(torch.exp(torch.tensor(1.0)) - 1))
+"""The official upper clamp bound, ``f_inv(1)`` computed in float32 (``mask.py``): one float32
+ulp below ours.  Vectorised CPU softplus returns 1 - 6e-8 there, so on CPU the official code
+gives weights the mask refused a tiny signed score instead of our exact 0; only the order
+inside that near-zero block changes (the independent review measured the same accuracies)."""
+
+OFFICIAL_CHECK = {"mask_max_diff": 0.0, "score_rel_diff": 2e-6, "rule_agreement": 1.0,
+                  "sparsities": (0.5, 0.7, 0.9), "official_pgd": (0.0, 0.064, 0.104),
+                  "ours_pgd": (0.0, 0.054, 0.108), "magnitude_pgd": (0.512, 0.452, 0.264)}
+"""What the independent review measured running the unmodified official code
+(``KFACMADPruner``, commit d6bb254) beside ``mad_scores`` on the same network and batch (with
+the official clamp constant): largest mask difference, largest relative score difference,
+agreement of the pruning rules on the conv weights, and end to end PGD-10 accuracy (500
+images) at ``sparsities``: official code, ours, magnitude pruning."""
+
+def official_check_text() -> str:
+    """A Markdown sentence: the clamp constants (official float32 vs ours) and what the
+    independent run of the unmodified official code measured (``OFFICIAL_CHECK``)."""
+    oc = OFFICIAL_CHECK
+    pct = lambda v: ", ".join(f"{x:.1%}" for x in v)  # noqa: E731
+    return (f"The official clamp bound is $f^{{-1}}(1)$ in float32, "
+            f"**{OFFICIAL_SOFTPLUS_INV_1:.8f}**, ours **{SOFTPLUS_INV_1:.8f}** (one float32 step "
+            "apart; see the appendix). An independent review ran the unmodified official code "
+            f"beside ours on the same network and batch: masks differ by at most "
+            f"{oc['mask_max_diff']:g}, scores by {oc['score_rel_diff']:.0e} relative, the pruning "
+            f"rules agree on {oc['rule_agreement']:.0%} of the conv weights, and end to end "
+            f"(PGD-10) the official code keeps {pct(oc['official_pgd'])} against ours "
+            f"{pct(oc['ours_pgd'])} and magnitude pruning {pct(oc['magnitude_pgd'])} at "
+            f"sparsities {', '.join(f'{p:g}' for p in oc['sparsities'])}. **The one-shot "
+            "collapse below is the official algorithm's, not a bug of ours.**")
+
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -161,6 +192,38 @@ def diagonal_saliency(delta: torch.Tensor, A: torch.Tensor, g_diag: torch.Tensor
     return (0.5 * g_diag[:, None] * torch.diagonal(A)[None, :] * d * d).view(delta.shape)
 
 
+def mad_parts(model: nn.Module, batches: Batches, mask_steps: int = 20, mask_lr: float = 0.1,
+              optimize_mask: bool = True, progress=None) -> dict[str, dict]:
+    """One pass of MAD over ``batches``, keeping every by-product, each averaged over the
+    batches as {layer: float64 tensor shaped like its weight}:
+
+    - ``share``: MAD's saliency (``block_saliency``, the official score),
+    - ``diagonal``: ``diagonal_saliency`` of the same Delta and factors,
+    - ``mask``: the soft mask s in [1e-4, 1] after the mask step (1 everywhere without it),
+    - ``refused``: the fraction of batches in which the mask step left the weight at s = 1,
+      i.e. set its Delta and hence its score to exactly 0.
+
+    ``optimize_mask=False``: Delta = w with K-FAC factors of the dense network (no mask step).
+    ``progress``: an optional wrapper for the batch iterator (e.g. a tqdm bar)."""
+    w = _weights(model)
+    keys = ("share", "diagonal", "mask", "refused")
+    tot = {k: {n: torch.zeros_like(v, dtype=torch.float64) for n, v in w.items()} for k in keys}
+    for x, y in (progress(batches) if progress else batches):
+        if optimize_mask:
+            s = optimize_masks(model, x, y, mask_steps, mask_lr)  # masks start at 1 every batch
+            factors = kfac_factors(model, x, y, _masked_params(w, s))
+        else:
+            s = {n: torch.ones_like(v) for n, v in w.items()}
+            factors = kfac_factors(model, x, y)
+        for n in w:
+            delta = w[n] * (1 - s[n]) if optimize_mask else w[n]
+            tot["share"][n] += block_saliency(delta, *factors[n])
+            tot["diagonal"][n] += diagonal_saliency(delta, *factors[n])
+            tot["mask"][n] += s[n].double().cpu()
+            tot["refused"][n] += (s[n] >= 1).double().cpu()
+    return {k: {n: t / len(batches) for n, t in d.items()} for k, d in tot.items()}
+
+
 def mad_scores(model: nn.Module, batches: Batches, mask_steps: int = 20, mask_lr: float = 0.1,
                optimize_mask: bool = True, progress=None, return_diagonal: bool = False):
     """MAD's adversarial saliency, averaged over ``batches`` (float64, shaped like weights).
@@ -169,26 +232,21 @@ def mad_scores(model: nn.Module, batches: Batches, mask_steps: int = 20, mask_lr
     the weight entirely) with K-FAC factors of the dense network.  ``progress``: an optional
     wrapper for the batch iterator (e.g. a tqdm bar).  ``return_diagonal``: also return the
     ``diagonal_saliency`` of the same Delta and factors, as a second dict."""
-    w = _weights(model)
-    total = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in w.items()}
-    diag = {n: torch.zeros_like(v, dtype=torch.float64) for n, v in w.items()}
-    it = progress(batches) if progress else batches
-    for x, y in it:
-        if optimize_mask:
-            s = optimize_masks(model, x, y, mask_steps, mask_lr)  # masks start at 1 every batch
-            factors = kfac_factors(model, x, y, _masked_params(w, s))
-            deltas = {n: w[n] * (1 - s[n]) for n in w}
-        else:
-            factors = kfac_factors(model, x, y)
-            deltas = w
-        for n in w:
-            total[n] += block_saliency(deltas[n], *factors[n])
-            if return_diagonal:
-                diag[n] += diagonal_saliency(deltas[n], *factors[n])
-    share = {n: t / len(batches) for n, t in total.items()}
-    if return_diagonal:
-        return share, {n: t / len(batches) for n, t in diag.items()}
-    return share
+    parts = mad_parts(model, batches, mask_steps, mask_lr, optimize_mask, progress)
+    return (parts["share"], parts["diagonal"]) if return_diagonal else parts["share"]
+
+
+def abs_scores(scores: dict) -> dict:
+    """Ablation 'mad_abs': |S|, pruning the scores closest to zero first instead of the most
+    negative (rules out a sign convention as the cause of MAD's ranking)."""
+    return {n: v.abs() for n, v in scores.items()}
+
+
+def mask_value_scores(mask: dict) -> dict:
+    """Ablation 'mask_value': the mean soft mask itself as the score, so the weights the mask
+    step shrank most (lowest s) are pruned first: the mask optimiser's own wish, without
+    K-FAC."""
+    return {n: v.clone() for n, v in mask.items()}
 
 
 # --------------------------------------------------------------------------- baselines
@@ -304,6 +362,9 @@ CRITERIA = {
                                                             return_diagonal=True, **kw)[1],
     "kfac_obd": lambda model, batches, **kw: mad_scores(model, batches, optimize_mask=False,
                                                         return_diagonal=True, **kw)[1],
+    "mad_abs": lambda model, batches, **kw: abs_scores(mad_scores(model, batches, **kw)),
+    "mask_value": lambda model, batches, **kw: mask_value_scores(
+        mad_parts(model, batches, **kw)["mask"]),
     "random": random_scores,
     "magnitude": magnitude_scores,
     "taylor": taylor_scores,
@@ -314,7 +375,8 @@ CRITERIA = {
 first) is ``-mad``; 'hydra' additionally needs the target sparsity.  Two diagnostics, not
 methods of the paper, separate MAD's two ingredients: 'mad_diagonal' (the mask step's Delta,
 scored by ``diagonal_saliency``) and 'kfac_obd' (Delta = w, ``diagonal_saliency``: Optimal
-Brain Damage with the same K-FAC curvature)."""
+Brain Damage with the same K-FAC curvature).  Two more ablations: 'mad_abs' (|S|) and
+'mask_value' (prune where the mask shrank most)."""
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -338,43 +400,53 @@ def evaluate(model: nn.Module, x, y, eps: float, steps: int, restarts: int = 1,
              aa: dict | None = None) -> dict:
     """Clean and PGD-``steps`` accuracy (fractions) on (x (N, C, H, W) in [0, 1], y (N,)); PGD
     with ``restarts``, early stop per image.  ``aa``: {idx, version, n_iter, targets, seed}
-    also runs AutoAttack on x[idx] (key 'aa')."""
+    also runs AutoAttack on x[idx] (key 'aa').  Key ``ok`` holds the per-image outcomes
+    ({'pgd': [N], 'aa': [len(idx)]} of 0./1., 1 = still correct under attack), so that two
+    networks measured on the same images can be compared pairwise."""
     from ..core import evaluation
 
-    out = {"clean": evaluation.accuracy(model, x, y),
-           "pgd": evaluation.robust_accuracy(model, x, y, "pgd", eps, steps=steps,
-                                             restarts=restarts, early_stop=True)}
+    x_adv = evaluation.adversarial_examples(model, x, y, "pgd", eps, steps=steps,
+                                            restarts=restarts, early_stop=True)
+    ok = {"pgd": evaluation.correct(model, x_adv, y)}
+    out = {"clean": evaluation.accuracy(model, x, y), "pgd": float(ok["pgd"].mean())}
     if aa:
-        i = aa["idx"]
-        out["aa"] = evaluation.robust_accuracy(model, x[i], y[i], "autoattack", eps,
-                                               version=aa["version"], n_iter=aa["n_iter"],
-                                               n_target_classes=aa["targets"], seed=aa["seed"])
-    return out
+        res = evaluate_aa(model, x, y, eps, aa)
+        out["aa"], ok["aa"] = res["aa"], res["ok"]["aa"]
+    return {**out, "ok": ok}
 
 
 def score_all(model: nn.Module, batches: Batches, methods, mask_steps: int, mask_lr: float,
-              seed: int, progress=None) -> tuple[dict, dict, list]:
+              seed: int, progress=None) -> tuple[dict, dict, list, dict]:
     """Every criterion's scores on the shared adversarial ``batches`` (list of (x_adv, y)).
 
     MAD runs on the two halves of the batches (even / odd positions) and is averaged weighted
     by their sizes, which equals one pass over all batches and also gives its ranking
-    stability; its diagonal variant ('mad_diagonal') and 'kfac_obd' come free with 'mad' and
-    'mad_no_mask'; 'mad_largest' is -MAD; 'hydra' is sparsity-specific and scored in the sweep.
-    Returns ``scores`` ({method: {layer: float64 tensor shaped like its weight}}), ``seconds``
-    ({method: s}) and ``halves`` (MAD's two half scores, [] if 'mad' is not run)."""
-    scores, seconds, halves = {}, {}, []
-    free = {"mad_largest", "mad_diagonal", "kfac_obd"}
-    for name in [m for m in methods if m not in free | {"hydra"}]:
+    stability; 'mad_diagonal', 'mad_abs', 'mask_value' and 'mad_largest' (-MAD) come free with
+    that pass and 'kfac_obd' with 'mad_no_mask'; 'hydra' is sparsity-specific and scored in the
+    sweep.  Returns ``scores`` ({method: {layer: float64 tensor shaped like its weight}}),
+    ``seconds`` ({method: s}), ``halves`` (MAD's two half scores, [] if fewer than two
+    batches) and ``parts`` (MAD's ``mad_parts`` over all batches: share, diagonal, mask,
+    refused; {} if 'mad' is not run)."""
+    scores, seconds, halves, parts = {}, {}, [], {}
+    free = {"mad_largest", "mad_diagonal", "kfac_obd", "mad_abs", "mask_value"}
+    need = [m for m in methods if m not in free | {"hydra"}]
+    if free & set(methods) - {"kfac_obd"} and "mad" not in need:
+        need.insert(0, "mad")
+    if "kfac_obd" in methods and "mad_no_mask" not in need:
+        need.append("mad_no_mask")
+    for name in need:
         t0 = time.perf_counter()
         if name == "mad":
-            parts = [batches[i::2] for i in (0, 1)]
-            both = [mad_scores(model, b, mask_steps, mask_lr, progress=progress,
-                               return_diagonal=True) for b in parts]
-            n0, n1 = len(parts[0]), len(parts[1])
-            for j, key in enumerate(("mad", "mad_diagonal")):
-                scores[key] = {k: (both[0][j][k] * n0 + both[1][j][k] * n1) / (n0 + n1)
-                               for k in both[0][j]}
-            halves = [h[0] for h in both] if n1 else []
+            split = [batches[i::2] for i in (0, 1) if batches[i::2]]
+            both = [mad_parts(model, b, mask_steps, mask_lr, progress=progress) for b in split]
+            sizes = [len(b) for b in split]
+            parts = {k: {n: sum(h[k][n] * m for h, m in zip(both, sizes)) / sum(sizes)
+                         for n in both[0][k]} for k in both[0]}
+            scores["mad"], scores["mad_diagonal"] = parts["share"], parts["diagonal"]
+            scores["mad_abs"] = abs_scores(parts["share"])
+            scores["mask_value"] = mask_value_scores(parts["mask"])
+            scores["mad_largest"] = {k: -v for k, v in parts["share"].items()}
+            halves = [h["share"] for h in both] if len(both) == 2 else []
         elif name == "mad_no_mask":
             scores[name], scores["kfac_obd"] = mad_scores(model, batches, optimize_mask=False,
                                                           return_diagonal=True)
@@ -383,15 +455,11 @@ def score_all(model: nn.Module, batches: Batches, methods, mask_steps: int, mask
         else:
             scores[name] = CRITERIA[name](model, batches)
         seconds[name] = time.perf_counter() - t0
-    for key in ("mad_diagonal", "kfac_obd"):
-        if key in methods and key not in scores:
-            scores[key] = CRITERIA[key](model, batches)
-        elif key not in methods:
-            scores.pop(key, None)
-    if "mad_largest" in methods:
-        scores["mad_largest"] = {k: -v for k, v in scores["mad"].items()}
-        seconds["mad_largest"] = seconds["mad"]
-    return scores, seconds, halves
+    for key in ("mad_largest", "mad_abs", "mask_value"):   # free with MAD's pass
+        if key in methods and "mad" in seconds:
+            seconds[key] = 0.0
+    scores = {m: scores[m] for m in methods if m in scores}
+    return scores, seconds, halves, parts
 
 
 def flat(scores: dict):
@@ -401,21 +469,24 @@ def flat(scores: dict):
 
 def prune_sweep(dense: nn.Module, scores: dict, methods, sparsities, per_row, seed: int,
                 evaluate_fn, eval_set: tuple, labels: dict, bn_data=None, hydra=None,
-                progress=None):
+                progress=None, only: dict | None = None):
     """Prune a copy of ``dense`` one-shot for every (method, sparsity) and measure it.
 
-    ``evaluate_fn(model) -> {"clean", "pgd"}`` measures on ``eval_set`` = (x, y); ``bn_data``: images (N, C, H, W) on which to
-    re-estimate BatchNorm statistics after pruning (None: keep the dense statistics);
-    ``hydra(sparsity) -> scores`` computes HYDRA's sparsity-specific scores.  Returns
-    ``sweep`` (one row per network: method, sparsity, actual_sparsity, clean_raw = clean
-    accuracy with the dense BN statistics, clean, pgd, seconds), ``kept`` (method, sparsity,
-    layer label, kept fraction) and ``masks_at`` ({(method, sparsity): masks})."""
+    ``evaluate_fn(model) -> {"clean", "pgd", "ok"}`` measures on ``eval_set`` = (x, y);
+    ``bn_data``: images (N, C, H, W) on which to re-estimate BatchNorm statistics after pruning
+    (None: keep the dense statistics); ``hydra(sparsity) -> scores`` computes HYDRA's
+    sparsity-specific scores; ``only``: {method: sparsities} restricts an expensive method to
+    the sparsities that use it.  Returns ``sweep`` (one row per network: method, sparsity,
+    actual_sparsity, clean_raw = clean accuracy with the dense BN statistics, clean, pgd,
+    seconds), ``kept`` (method, sparsity, layer label, kept fraction), ``masks_at``
+    ({(method, sparsity): masks}) and ``ok`` ({(method, sparsity): per-image PGD outcomes})."""
     import pandas as pd
 
     from ..core import evaluation, pruning
 
-    rows, kept_rows, masks_at = [], [], {}
-    todo = [(m, p) for m in methods for p in sparsities]
+    only = only or {}
+    rows, kept_rows, masks_at, oks = [], [], {}, {}
+    todo = [(m, p) for m in methods for p in sparsities if p in only.get(m, sparsities)]
     for name, p in (progress(todo, desc="prune + evaluate") if progress else todo):
         t0 = time.perf_counter()
         masks = pruning.masks_from_scores(hydra(p) if name == "hydra" else scores[name], p,
@@ -426,13 +497,14 @@ def prune_sweep(dense: nn.Module, scores: dict, methods, sparsities, per_row, se
         if bn_data is not None:
             pruning.recalibrate_batchnorm(pruned, bn_data)
         acc = evaluate_fn(pruned)
+        oks[name, p] = acc["ok"]["pgd"]
         rows.append({"method": name, "sparsity": p,
                      "actual_sparsity": pruning.weight_sparsity(pruned), "clean_raw": clean_raw,
                      "clean": acc["clean"], "pgd": acc["pgd"],
                      "seconds": time.perf_counter() - t0})
         kept_rows += [{"method": name, "sparsity": p, "layer": labels[n], "kept": k}
                       for n, k in pruning.kept_per_layer(masks).items()]
-    return pd.DataFrame(rows), pd.DataFrame(kept_rows), masks_at
+    return pd.DataFrame(rows), pd.DataFrame(kept_rows), masks_at, oks
 
 
 def digest(obj) -> str:
@@ -444,21 +516,54 @@ def digest(obj) -> str:
     return h.hexdigest()[:16]
 
 
+def one_shot_from_sweep(sweep, sweep_ok: dict, model: nn.Module, name: str, p: float,
+                        aa_fn=None, aa_methods=()) -> dict:
+    """A pruned network's one-shot measurements without attacking it again: clean and PGD
+    accuracy and per-image PGD outcomes from the sweep (the same mask and BatchNorm
+    re-estimation, so the same network), plus ``aa_fn(model)`` -> {"aa", "ok": {"aa"}} for the
+    methods in ``aa_methods`` (those whose one-shot AutoAttack accuracy a claim reads)."""
+    row = sweep.set_index(["method", "sparsity"]).loc[(name, p)]
+    out = {"clean": float(row["clean"]), "pgd": float(row["pgd"]), "aa": float("nan"),
+           "ok": {"pgd": sweep_ok[name, p]}}
+    if aa_fn is not None and name in aa_methods:
+        aa = aa_fn(model)
+        out["aa"], out["ok"]["aa"] = aa["aa"], aa["ok"]["aa"]
+    return out
+
+
+def evaluate_aa(model: nn.Module, x, y, eps: float, aa: dict) -> dict:
+    """AutoAttack only, on x[aa['idx']]: {'aa': accuracy, 'ok': {'aa': per-image 0./1.}}."""
+    from ..core import evaluation
+
+    i = aa["idx"]
+    x_aa = evaluation.adversarial_examples(model, x[i], y[i], "autoattack", eps,
+                                           version=aa["version"], n_iter=aa["n_iter"],
+                                           n_target_classes=aa["targets"], seed=aa["seed"])
+    ok = evaluation.correct(model, x_aa, y[i])
+    return {"aa": float(ok.mean()), "ok": {"aa": ok}}
+
+
 def finetune_all(run, dense: nn.Module, masks_at: dict, todo, train: tuple, method, cfg,
-                 evaluate_fn, bn_data=None, progress=None):
-    """The identical short adversarial fine-tune, mask fixed (``pruning.MaskEnforcer``), for
-    every (method, sparsity) in ``todo``, resumable (``run.work_checkpoint`` keyed by the
-    training setup and digests of the starting weights and the mask).  ``train`` = (x, y);
-    ``evaluate_fn(model) -> {"clean", "pgd", "aa"}``.  Returns rows: method, sparsity,
-    clean_ft, pgd_ft, aa_ft, sparsity_ft, ft_seconds."""
+                 evaluate_fn, bn_data=None, progress=None, before_fn=None):
+    """The identical adversarial fine-tune, mask fixed (``pruning.MaskEnforcer``), for every
+    (method, sparsity) in ``todo``, resumable (``run.work_checkpoint`` keyed by the training
+    setup and digests of the starting weights and the mask).  ``train`` = (x, y);
+    ``evaluate_fn(model) -> {"clean", "pgd", "aa", "ok"}`` measures each network before
+    (one-shot, BatchNorm re-estimated on ``bn_data``) and after the fine-tune; ``before_fn(model,
+    name, p)``, if given, replaces it before the fine-tune (e.g. ``one_shot_from_sweep``, which
+    reuses the sweep's measurements of the same network).  Returns rows
+    (method, sparsity, clean_0 / pgd_0 / aa_0 one-shot, clean_ft / pgd_ft / aa_ft,
+    sparsity_ft, ft_seconds) and the per-image outcomes {(method, sparsity, '0' | 'ft'):
+    {'pgd': [N], 'aa': [M]}}."""
     from ..core import pruning, training
 
-    rows = []
+    rows, oks = [], {}
     for name, p in (progress(todo, desc="fine-tune") if progress else todo):
         masks = masks_at[name, p]
         pruned = pruning.apply_masks(copy.deepcopy(dense), masks)
         if bn_data is not None:
             pruning.recalibrate_batchnorm(pruned, bn_data)
+        before = before_fn(pruned, name, p) if before_fn else evaluate_fn(pruned)
         t0 = time.perf_counter()
         ckpt = run.work_checkpoint(f"ft_{name}_{p}", {"method": vars(method), "cfg": vars(cfg),
                                                       "n": len(train[0]), "start": digest(pruned),
@@ -468,9 +573,11 @@ def finetune_all(run, dense: nn.Module, masks_at: dict, todo, train: tuple, meth
         ft_seconds = time.perf_counter() - t0
         assert pruning.weight_sparsity(pruned) >= pruning.mask_sparsity(masks) - 1e-9
         after = evaluate_fn(pruned)
-        rows.append({"method": name, "sparsity": p, **{f"{k}_ft": v for k, v in after.items()},
+        oks[name, p, "0"], oks[name, p, "ft"] = before.pop("ok"), after.pop("ok")
+        rows.append({"method": name, "sparsity": p, **{f"{k}_0": v for k, v in before.items()},
+                     **{f"{k}_ft": v for k, v in after.items()},
                      "sparsity_ft": pruning.weight_sparsity(pruned), "ft_seconds": ft_seconds})
-    return rows
+    return rows, oks
 
 
 def gap(table, a: str, b: str, ps) -> float:
@@ -489,15 +596,112 @@ def chance(table, a: str, b: str, ps, level: float = 0.15) -> str:
     return ""
 
 
+def at_chance(table, a: str, ps, level: float = 0.15) -> str:
+    """Why a check of method ``a`` is uninformative, if ``a`` itself is at or below chance
+    level (10 classes) at every sparsity in ``ps`` (e.g. 'the largest scores hurt more' cannot
+    show anything when pruning the smallest already sits at chance)."""
+    if all(table[a, p] < level for p in ps):
+        return f"{a} itself at or below chance level (< {level:.0%}): uninformative"
+    return ""
+
+
+def per_image(oks: dict, method: str, ps, key=None):
+    """Per-image outcome of ``method`` averaged over the sparsities ``ps`` (a float tensor
+    [N] in [0, 1]; 0/1 when ``ps`` has one element).  ``oks``: {(method, p): [N]} or, with
+    ``key``, {(method, p, key): ...}."""
+    return torch.stack([oks[(method, p) if key is None else (method, p, key)]
+                        for p in ps]).float().mean(0)
+
+
+def paired_gap(a, b) -> tuple[float, tuple[float, float], str]:
+    """mean(a) - mean(b) in points for two networks' per-image outcomes on the same images,
+    with its 95% interval: Newcombe's for 0/1 outcomes, a paired bootstrap over images for
+    averages over sparsities.  Returns (gap, (lo, hi), interval kind)."""
+    from ..core.claims import paired_bootstrap_interval
+
+    a, b = torch.as_tensor(a).double().numpy(), torch.as_tensor(b).double().numpy()
+    lo, hi = paired_bootstrap_interval(a, b)
+    binary = set(a.tolist()) | set(b.tolist()) <= {0.0, 1.0}
+    kind = (f"95% Newcombe, paired, {len(a)} images" if binary
+            else f"95% paired bootstrap over {len(a)} images")
+    return 100 * float(a.mean() - b.mean()), (100 * lo, 100 * hi), kind
+
+
+def check_paired(claims, id: str, statement: str, paper: str, a, b, op: str = ">",
+                 threshold: float = 0.0, **kw):
+    """``claims.check`` of the per-image gap mean(a) - mean(b), in points, against
+    ``threshold`` with its paired interval (``paired_gap``); ``kw`` go to ``claims.check``
+    (note, kind, uninformative, caveat)."""
+    g, iv, ivk = paired_gap(a, b)
+    return claims.check(id, statement, paper, g, op, threshold, unit="points", interval=iv,
+                        interval_kind=ivk, **kw)
+
+
+def unpaired_gap(k1: int, n1: int, k2: int, n2: int) -> tuple[float, tuple[float, float]]:
+    """k1/n1 - k2/n2 in points with Newcombe's hybrid score interval (method 10, from the two
+    Wilson intervals) for two independent proportions."""
+    from ..core.claims import wilson_interval
+
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1)
+    l2, u2 = wilson_interval(k2, n2)
+    d = p1 - p2
+    lo = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return 100 * d, (100 * lo, 100 * hi)
+
+
+def mechanism_stats(weights: dict, parts: dict, pool, top: float = 0.1) -> dict:
+    """How MAD's two ingredients act on the globally ranked weights (layers ``pool``).
+
+    ``weights``: {layer: w}; ``parts``: ``mad_parts`` output (share, refused).  Returns
+    ``top_k`` / ``top_n``: how many of the ``top`` fraction largest |w| have a MAD score <= 0
+    (pruned first by the ascending sort) out of how many; ``refused_by_quartile``: the mean
+    fraction of batches in which the mask step zeroed a weight's score, for the |w| quartiles
+    from smallest to largest; ``q_n``: weights per quartile; ``q_major``: how many of them
+    had their score zeroed in at least half of the batches; ``refused_all``: the mean over
+    all pool weights."""
+    import numpy as np
+
+    w = np.concatenate([weights[n].abs().flatten().cpu().numpy() for n in pool])
+    sc = np.concatenate([parts["share"][n].flatten().numpy() for n in pool])
+    ref = np.concatenate([parts["refused"][n].flatten().numpy() for n in pool])
+    big = w >= np.quantile(w, 1 - top)
+    q = np.digitize(w, np.quantile(w, [0.25, 0.5, 0.75]))
+    by_q = [float(ref[q == i].mean()) for i in range(4)]
+    return {"top_k": int((sc[big] <= 0).sum()), "top_n": int(big.sum()),
+            "refused_by_quartile": by_q, "refused_all": float(ref.mean()),
+            "q_n": [int((q == i).sum()) for i in range(4)],
+            "q_major": [int((ref[q == i] >= 0.5).sum()) for i in range(4)]}
+
+
+def ratio_interval(a, b, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(a) / mean(b), resampling the elements of a and b
+    independently (e.g. the weights of two layers)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    r = [a[rng.integers(0, len(a), len(a))].mean() / b[rng.integers(0, len(b), len(b))].mean()
+         for _ in range(n_boot)]
+    point = a.mean() / b.mean()
+    lo, hi = np.quantile(r, [0.025, 0.975])
+    return float(min(lo, point)), float(max(hi, point))
+
+
 ABLATION = {"mad": "mask step + share (MAD)", "mad_diagonal": "mask step + diagonal",
-            "mad_no_mask": "Delta w = w + share", "kfac_obd": "Delta w = w + diagonal (OBD)"}
+            "mad_no_mask": "Delta w = w + share", "kfac_obd": "Delta w = w + diagonal (OBD)",
+            "mad_abs": "|S| (MAD's score without its sign)",
+            "mask_value": "the mask value alone (no K-FAC)"}
 
 
 def _fmt_claim(c) -> str:
     if c.verdict == "not run":
         return f"**{c.statement}**: not run ({c.note.removeprefix('not run: ')})"
     why = f"; {c.note.split('uninformative: ')[-1]}" if "uninformative" in c.note else ""
-    return f"**{c.statement}**: {c.verdict} (ours {c.measured:+.3g} {c.unit}; {c.criterion}{why})"
+    iv = f" [{c.interval[0]:+.3g}, {c.interval[1]:+.3g}]" if c.interval else ""
+    return (f"**{c.statement}**: {c.verdict} (ours {c.measured:+.3g}{iv} {c.unit}; "
+            f"{c.criterion}{why})")
 
 
 def read_verdicts(claims, mean_pgd, frac_neg: float) -> str:
@@ -513,7 +717,7 @@ def read_verdicts(claims, mean_pgd, frac_neg: float) -> str:
         best = max(have, key=lambda m: mean_pgd[m])
         lines.append(
             f"- MAD keeps {-c.measured:.1f} points *less* robust accuracy than magnitude pruning "
-            "at high sparsity. Of MAD's ingredient variants, the best is "
+            f"({c.note}). Of MAD's ingredient variants, the best is "
             f"**{ABLATION[best]}** ({mean_pgd[best]:.1%} mean one-shot PGD accuracy, against "
             f"{mean_pgd['mad']:.1%} for MAD"
             + (f" and {mean_pgd['magnitude']:.1%} for magnitude" if "magnitude" in mean_pgd
@@ -526,12 +730,21 @@ def summary(claims, pgd_at, high, dense_acc: dict, rho: float, frac_neg: float) 
     PGD accuracy by (method, sparsity); ``high``: the high sparsities)."""
     import numpy as np
 
-    methods = list(dict.fromkeys(m for m, _ in pgd_at.index))
+    methods = [m for m in dict.fromkeys(m for m, _ in pgd_at.index)
+               if all((m, p) in pgd_at.index for p in high)]
     mean_high = {m: float(np.mean([pgd_at[m, p] for p in high])) for m in methods}
     best = max(mean_high, key=mean_high.get)
     shown = [m for m in ("mad", "magnitude", "random", "hydra") if m in mean_high]
     heads = [c for c in claims.items if c.kind == "headline"]
     s = claims.summary
+    by_id = {c.id: c for c in claims.items}
+    ft = [by_id[k] for k in ("mad_beats_magnitude_finetuned", "criterion_matters_after_finetune")
+          if k in by_id and by_id[k].verdict != "not run"]
+    ft_line = ["- **After the identical fine-tune**: " + "; ".join(
+        f"{c.statement.removeprefix('After the identical fine-tune, ').removeprefix('After the fine-tune ')}"
+        f": {c.verdict} ({c.measured:+.1f} {c.unit})" for c in ft)
+        + ". Whether fine-tuning hides the criterion is read from these, not from the paper's "
+        "post-fine-tune numbers alone."] if ft else []
     return "\n".join([
         f"- **The dense robust network** scores {dense_acc['clean']:.1%} clean and "
         f"{dense_acc['pgd']:.1%} under PGD; pruning asks how much of that survives.",
@@ -542,6 +755,7 @@ def summary(claims, pgd_at, high, dense_acc: dict, rho: float, frac_neg: float) 
         "ranking is " + ("stable" if rho >= 0.8 else "only moderately stable" if rho >= 0.5
                          else "unstable") + f" between two halves of the data (Spearman "
         f"{rho:.2f}), and {frac_neg:.1%} of its scores are negative cross-term shares.",
+        *ft_line,
         f"- **Verdict.** {sum(c.holds for c in heads)} of {len(heads)} headline claims and "
         f"{s['holds']} of {s['n']} claims in all hold on this run; the ablation of MAD's "
         "ingredients says where the method wins or loses.",
@@ -636,10 +850,10 @@ def plot_finetune(ft, dense_aa: float, methods, aa_label: str, eval_steps: int):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    measures = {"pgd_oneshot": f"one-shot, PGD-{eval_steps}",
+    measures = {"pgd_0": f"one-shot, PGD-{eval_steps}",
                 "pgd_ft": f"fine-tuned, PGD-{eval_steps}", "aa_ft": f"fine-tuned, {aa_label}"}
     ps = sorted(set(ft.sparsity))
-    fig, axes = plt.subplots(1, len(ps), figsize=(5.5 * len(ps), 3.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(ps), figsize=(6.5 * len(ps), 3.6), squeeze=False,
                              sharey=True)
     ms = [m for m in methods if m in set(ft.method)]
     for ax, p in zip(axes[0], ps):
@@ -647,7 +861,8 @@ def plot_finetune(ft, dense_aa: float, methods, aa_label: str, eval_steps: int):
         for i, (key, lab) in enumerate(measures.items()):
             ax.bar(np.arange(len(ms)) + i * 0.27, 100 * d.loc[ms, key], 0.27, label=lab)
         ax.axhline(100 * dense_aa, color="k", ls=":", label=f"dense, {aa_label}")
-        ax.set_xticks(np.arange(len(ms)) + 0.27, ms)
+        ax.set_xticks(np.arange(len(ms)) + 0.27, ms, rotation=20)
+        ax.set_xlabel("pruning criterion")
         ax.set_title(f"{p:.0%} sparsity")
     axes[0][0].set_ylabel("robust accuracy (%)")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))

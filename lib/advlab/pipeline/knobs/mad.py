@@ -1,8 +1,8 @@
 """Knobs of 05_mad (Masking Adversarial Damage, Lee et al. 2022)."""
 from ..schema import AUTOATTACK, Bool, Choice, Float, Int, List, Size, Text
 
-METHODS = ("mad", "mad_largest", "mad_no_mask", "mad_diagonal", "kfac_obd", "random",
-           "magnitude", "taylor", "fisher", "hydra")
+METHODS = ("mad", "mad_largest", "mad_no_mask", "mad_diagonal", "kfac_obd", "mad_abs",
+           "mask_value", "random", "magnitude", "taylor", "fisher", "hydra")
 
 KNOBS = {
     "base_checkpoint": Text(),
@@ -19,6 +19,7 @@ KNOBS = {
     "hydra_epochs": Int(1),
     "hydra_lr": Float(0, 10),
     "hydra_attack_steps": Int(0),
+    "hydra_sparsities": List(Float(0, 1, open_hi=True)),
     "n_eval_per_class": Size("test"),
     "eval_steps": Int(1),
     "eval_restarts": Int(1),
