@@ -34,15 +34,14 @@ import sys
 import time
 from pathlib import Path
 
-from ..core.progress import GRANT_ENV
 from ..paths import repo_root
 from . import stages as stages_mod
 
 # Rough default-profile minutes of each stage on one core (for the order only; the log of a
 # run prints the real times).  Unknown stages count as 5.
-WEIGHT = {"00_baselines": 12, "01_regional": 5, "02_awp": 9, "03_flat_minima": 3,
-          "04_weight_backdoor": 4, "05_mad": 14, "06_ib_features": 2, "07_adml": 4,
-          "08_acav": 2, "09_aae_anomaly": 5, "99_report": 0.2}
+WEIGHT = {"00_baselines": 9, "01_regional": 4.6, "02_awp": 7.5, "03_flat_minima": 5.3,
+          "04_weight_backdoor": 3.5, "05_mad": 8, "06_ib_features": 1.8, "07_adml": 5,
+          "08_acav": 1.5, "09_aae_anomaly": 4.4, "99_report": 0.2}
 
 
 def upstream(stage: stages_mod.Stage) -> set[str]:
@@ -145,6 +144,8 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
           heartbeat: float = 60.0) -> int:
     """Run the stale stages with ``jobs`` workers (see the module docstring).  ``only``: stage
     names to consider (default: all).  Returns 0 when every stage is up to date at the end."""
+    from ..core.progress import GRANT_ENV  # the file name the stages' progress bars read
+
     root = Path(root or repo_root())
     reg = {s.name: s for s in stages_mod.STAGES if only is None or s.name in only}
     graph = {n: upstream(s) & set(reg) for n, s in reg.items()}
