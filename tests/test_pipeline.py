@@ -304,11 +304,12 @@ MNIST5K = [s.name for s in stages.STAGES if "mnist5k" in s.datasets and s.name !
 
 
 @pytest.mark.notebook
-def test_every_stage_runs_on_mnist5k_or_refuses_it_up_front(tmp_path):
+def test_every_stage_runs_on_mnist5k_or_refuses_it_up_front(smoke_repo, tmp_path):
     """`common.dataset: mnist5k` on the smoke profile: every stage that supports it runs
     through `make repro`'s runner (its upstream stages retrained on mnist5k) and reports every
-    claim it reports on Fashion-MNIST (the committed results); a stage that does not support
-    it stops in setup, saying why."""
+    claim it reports on Fashion-MNIST (the smoke run of the same code); a stage that does not
+    support it stops in setup, saying why."""
+    fashion, _ = smoke_repo
     repo = clone(tmp_path / "repo", dataset="mnist5k")
     py = str(repo / ".venv" / "bin" / "python")
     r = sh(py, "-m", "advlab", "repro", "--jobs", "2", *MNIST5K, cwd=repo, check=False)
@@ -322,9 +323,9 @@ def test_every_stage_runs_on_mnist5k_or_refuses_it_up_front(tmp_path):
         assert "mnist5k" in (p["dataset"], p.get("mnist_dataset")), n
         ours = {c["id"] for c in json.loads((repo / "results" / n / "claims.json").read_text())
                 ["claims"]}
-        committed = {c["id"] for c in json.loads((ROOT / "results" / n / "claims.json")
-                                                 .read_text())["claims"]}
-        assert ours == committed, f"{n}: claims differ on mnist5k: {ours ^ committed}"
+        on_fashion = {c["id"] for c in json.loads((fashion / "results" / n / "claims.json")
+                                                  .read_text())["claims"]}
+        assert ours == on_fashion, f"{n}: claims differ on mnist5k: {ours ^ on_fashion}"
     for s in stages.STAGES:
         if s.name not in MNIST5K and s.name != stages.REPORT:
             r = sh("bash", "tools/advlab", "run", s.name, "--no-html", "--quiet", "--out-dir",
