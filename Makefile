@@ -9,8 +9,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
-# pip's configured local indexes print a warning for every package they lack: hide those lines
-PIPQUIET := grep -v -E "^WARNING: Location .* is ignored" || true
+# pip's configured local indexes print a warning for every package they lack: hide those lines.
+# The braces keep pip's exit status (pipefail): grep finding nothing to print is no failure, but a
+# pip that fails (no space left, no index) stops the build there.
+PIPQUIET := { grep -v -E "^WARNING: Location .* is ignored" || true; }
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 

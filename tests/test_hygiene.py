@@ -149,3 +149,22 @@ def test_package_map_and_readme_name_every_module():
             assert p.stem in doc, f"advlab/__init__.py's map lacks {layer}/{p.stem}"
             assert f"`{p.stem}`" in readme, \
                 f"README's layout lacks {layer}/{p.name}"
+
+
+def _pipquiet():
+    """The Makefile's PIPQUIET filter, as the shell command make pastes after `pip ... |`."""
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        if line.startswith("PIPQUIET :="):
+            return line.split(":=", 1)[1].strip()
+    raise AssertionError("Makefile defines no PIPQUIET")
+
+
+@pytest.mark.parametrize("producer, rc, shown", [
+    ("false", 1, ""),  # pip failing (no space left on device) must stop make
+    ('echo "WARNING: Location /x is ignored"', 0, ""),  # the index warning is hidden
+    ('echo "WARNING: Location /x is ignored"; echo kept', 0, "kept\n"),
+])
+def test_makefile_pip_filter_keeps_pips_exit_status(producer, rc, shown):
+    out = subprocess.run(["bash", "-eo", "pipefail", "-c", f"({producer}) 2>&1 | {_pipquiet()}"],
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (rc, shown)
