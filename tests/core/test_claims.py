@@ -100,6 +100,16 @@ def test_paired_interval_is_narrower_than_unpaired_for_correlated_arms():
     assert lo <= a.mean() - b.mean() <= hi and hi - lo < 0.05
 
 
+def test_two_sample_interval_matches_the_normal_spread_of_a_difference_of_accuracies():
+    a = np.r_[np.ones(120), np.zeros(80)]                   # 0.6 on 200 training images
+    b = np.r_[np.ones(400), np.zeros(600)]                  # 0.4 on 1,000 test images
+    lo, hi = claims_mod.two_sample_bootstrap_interval(a, b, n_boot=4000)
+    half = 1.96 * math.sqrt(0.24 / 200 + 0.24 / 1000)       # normal approximation: 0.074
+    assert lo < 0.2 < hi and abs((hi - lo) / 2 - half) < 0.01
+    with pytest.raises(ValueError, match="at least 2"):
+        claims_mod.two_sample_bootstrap_interval(a, [1.0])
+
+
 def test_seed_interval_is_the_t_interval_and_none_for_one_seed():
     assert claims_mod.seed_interval([0.3]) is None
     lo, hi = claims_mod.seed_interval([1.0, 2.0, 3.0])

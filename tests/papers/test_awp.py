@@ -354,19 +354,44 @@ def test_hooked_step_equals_the_plain_torch_step_and_restores_v():
     assert not torch.allclose(other[0].weight, lib[0].weight)
 
 
-def test_claim_interval_bootstrap_for_one_seed_t_interval_for_several():
+def test_claim_interval_paired_for_one_seed_t_interval_for_several():
     import numpy as np
 
     from advlab.papers.awp import claim_interval
 
-    per_image = np.array([1, 0, 0, -1, 1, 1, 0, 0] * 10)
-    one = claim_interval([3.0], per_image)
-    assert "bootstrap over 80 test images" in one["interval_kind"]
+    best = np.array([1, 1, 0, 1, 1, 0, 1, 0] * 10)  # per-image correctness, best checkpoint
+    last = np.array([1, 0, 0, 0, 1, 0, 1, 1] * 10)  # ... and last: drop 100 * 1/8 = 12.5 points
+    one = claim_interval([12.5], best, last)
+    assert one["interval_kind"] == "95% Newcombe (paired) over 80 test images, 1 seed"
     lo, hi = one["interval"]
-    assert lo <= 100 * per_image.mean() <= hi
-    many = claim_interval([1.0, 2.0, 3.0], per_image)
+    assert lo < 12.5 < hi and hi < 30.0  # in points, around the paired difference
+    # -1/0/1 per-image drops of two methods: a bootstrap over the images, in points
+    diff = claim_interval([-10.0], best - last, np.zeros(80))
+    assert "paired bootstrap over 80 test images" in diff["interval_kind"]
+    assert diff["interval"][0] < 12.5 < diff["interval"][1]
+    # no image changes: still an interval in points around 0 (not a fraction, not a point)
+    same = claim_interval([0.0], best, best)
+    assert same["interval"][0] < 0.0 < same["interval"][1] and same["interval"][1] > 1.0
+    many = claim_interval([1.0, 2.0, 3.0], best, last)
     assert "t-interval over 3 seeds" in many["interval_kind"]
     assert many["interval"][0] < 2.0 < many["interval"][1]
+
+
+def test_gap_interval_is_in_points_around_the_difference_of_gaps():
+    import numpy as np
+
+    from advlab.papers.awp import gap_interval
+
+    rng = np.random.default_rng(0)
+    at = {"train_pgd20": (rng.random(200) < 0.8) * 1.0, "pgd20": (rng.random(1000) < 0.5) * 1.0}
+    awp_ = {"train_pgd20": (rng.random(200) < 0.6) * 1.0, "pgd20": (rng.random(1000) < 0.5) * 1.0}
+    gap = 100 * ((awp_["train_pgd20"].mean() - awp_["pgd20"].mean())
+                 - (at["train_pgd20"].mean() - at["pgd20"].mean()))   # about -20 points
+    one = gap_interval([gap], awp_, at)
+    lo, hi = one["interval"]
+    assert lo < gap < hi < 0 and hi - lo < 30
+    assert one["interval_kind"].startswith("95% bootstrap over 200 training and 1000 test")
+    assert "t-interval over 2 seeds" in gap_interval([-20.0, -10.0], awp_, at)["interval_kind"]
 
 
 def test_per_seed_table_drop_and_gap_in_points():
@@ -384,6 +409,12 @@ def test_per_seed_table_drop_and_gap_in_points():
     assert t.loc[0, "AT gap"] == pytest.approx(30.0)
     assert t.loc[0, "AT-AWP last"] == pytest.approx(57.0)
     assert spread(t, "AT drop").startswith("1 seed, no spread: AT drop 5.0")
+    assert "AT worst drop" not in t  # no strong attacks ran: no worst-case columns
+    results["worst"] = [0.50, 0.40, 0.52, 0.52]
+    t = per_seed_table(results, [0])
+    assert t.loc[0, "AT worst drop"] == pytest.approx(10.0)
+    assert t.loc[0, "AT-AWP worst drop"] == pytest.approx(0.0)
+    assert t.loc[0, "AT worst last"] == pytest.approx(40.0)
 
 
 def test_landscape_explorer_draws_on_the_button_not_on_a_slider_move():

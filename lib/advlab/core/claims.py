@@ -270,6 +270,22 @@ def paired_bootstrap_interval(a, b, level: float = 0.95, n_boot: int = 2000,
     return float(min(lo, point)), float(max(hi, point))
 
 
+def two_sample_bootstrap_interval(a, b, level: float = 0.95, n_boot: int = 2000,
+                                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) for two independent samples (e.g.
+    per-image values on a training slice and on the test set: a generalisation gap), each
+    resampled on its own.  ``a`` (n,), ``b`` (m,): 1-D arrays of at least 2 values each."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need two 1-D arrays of at least 2 values, got {a.shape}, {b.shape}")
+    rng = np.random.default_rng(seed)
+    boots = (a[rng.integers(0, len(a), size=(n_boot, len(a)))].mean(1)
+             - b[rng.integers(0, len(b), size=(n_boot, len(b)))].mean(1))
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    point = float(a.mean() - b.mean())
+    return float(min(lo, point)), float(max(hi, point))
+
+
 def paired_proportions_interval(a, b, level: float = 0.95) -> tuple[float, float]:
     """Newcombe's (1998, method 10) interval of p_a - p_b for paired 0/1 outcomes: Wilson
     intervals of the two proportions combined with the correlation of the pairs.  Unlike a

@@ -28,7 +28,8 @@ while crafting is a parameter, eval by default); the step-overhead measurement
 
 The notebook's orchestration also lives here, so its lesson cells stay short: ``hooked_step``
 (one training step exactly as ``fit`` runs it, for the from-scratch check), ``train_one``,
-``evaluate``, ``per_seed_table``, ``claim_interval`` / ``spread``, the three figures and
+``evaluate``, ``masking_check_rows`` / ``masking_caveat``, ``per_seed_table``,
+``claim_interval`` / ``gap_interval`` / ``spread``, the three figures and
 ``run_metrics``; and the ``landscape_explorer`` widget.
 """
 from __future__ import annotations
@@ -267,17 +268,18 @@ def evaluate(model: nn.Module, x, y, x_train, y_train, eps: float, steps: int,
     then also holds PGD-``steps`` on the same subsets, for a like-for-like comparison, and
     ``worst``: the accuracy on the ``aa_idx`` images when every attack run counts (an image is
     robust only if PGD-``steps``, AutoAttack and, where ``aa_idx`` lies inside ``idx``, the PGD
-    with restarts all fail on it).  Returns ``(row, {"pgd20": (N,), "worst": (len(aa_idx),)})``
-    (``worst`` only with ``strong``)."""
+    with restarts all fail on it).  Returns ``(row, {"pgd20": (N,), "train_pgd20":
+    (len(x_train),), "worst": (len(aa_idx),)})`` (``worst`` only with ``strong``)."""
     from ..core import evaluation
 
     acc, adv, correct = evaluation.accuracy, evaluation.adversarial_examples, evaluation.correct
     x_pgd = adv(model, x, y, "pgd", eps, steps=steps, early_stop=True)
+    x_train_pgd = adv(model, x_train, y_train, "pgd", eps, steps=steps, early_stop=True)
     row = {"clean": acc(model, x, y), "pgd20": acc(model, x_pgd, y),
-           "train_pgd20": acc(model, adv(model, x_train, y_train, "pgd", eps, steps=steps,
-                                         early_stop=True), y_train)}
+           "train_pgd20": acc(model, x_train_pgd, y_train)}
     row["gap"] = row["train_pgd20"] - row["pgd20"]
-    per_image = {"pgd20": correct(model, x_pgd, y).numpy()}
+    per_image = {"pgd20": correct(model, x_pgd, y).numpy(),
+                 "train_pgd20": correct(model, x_train_pgd, y_train).numpy()}
     if strong:
         i, j = torch.as_tensor(strong["idx"]), torch.as_tensor(strong["aa_idx"])
         x50 = adv(model, x[i], y[i], "pgd", eps, steps=strong["steps"],
@@ -294,6 +296,42 @@ def evaluate(model: nn.Module, x, y, x_train, y_train, eps: float, steps: int,
                     "autoattack": acc(model, x_aa, y[j]), "worst": float(worst.float().mean())})
         per_image["worst"] = worst.numpy()
     return row, per_image
+
+
+def masking_check_rows(model: nn.Module, x, y, eps: float, row: dict, steps: int,
+                       strong_label: str, aa_name: str) -> list:
+    """The gradient-masking checks of one model, as ``(check, value, passed)`` rows.
+
+    ``x`` (N, C, H, W), ``y`` (N,): the AutoAttack subset; ``row``: the model's row of the
+    evaluation table (``evaluate`` with ``strong``; accuracies as fractions).  Checks: the
+    PGD-``steps`` accuracy falls as eps grows and is about 0 at a large eps; AutoAttack
+    (``aa_name``) is not weaker than PGD-``steps`` on the same images; the PGD with restarts
+    (``strong_label``) is not weaker than PGD-``steps`` on its own subset (2-point tolerance)."""
+    from ..core import evaluation
+
+    checks = evaluation.gradient_masking_checks(model, x, y, eps, steps=steps,
+                                                pgd_acc=row["pgd20_aa_subset"],
+                                                aa_acc=row["autoattack"])
+    mono, large = checks["monotone_in_eps"], checks["zero_at_large_eps"]
+    return [
+        (f"PGD-{steps} accuracy falls as eps grows",
+         ", ".join(f"{e:g}: {a:.3f}" for e, a in zip(mono["eps"], mono["accuracy"])),
+         bool(mono["passed"])),
+        (f"PGD-{steps} accuracy about 0 at eps={large['eps']}", f"{large['accuracy']:.3f}",
+         bool(large["passed"])),
+        (f"{aa_name} <= PGD-{steps} (same images)",
+         f"{row['autoattack']:.3f} vs {row['pgd20_aa_subset']:.3f}",
+         bool(checks["autoattack_not_weaker"]["passed"])),
+        (f"{strong_label} <= PGD-{steps} (same images)",
+         f"{row['pgd50_restarts']:.3f} vs {row['pgd20_strong_subset']:.3f}",
+         bool(row["pgd50_restarts"] <= row["pgd20_strong_subset"] + 0.02))]
+
+
+def masking_caveat(failed, *models) -> str:
+    """The caveat of a claim resting on ``models`` ((method, checkpoint) pairs, every seed):
+    empty when none of them is in ``failed`` ((method, checkpoint, seed) triples)."""
+    names = sorted(f"{m} {w} (seed {s})" for m, w, s in failed if (m, w) in models)
+    return "gradient-masking checks failed on " + ", ".join(names) if names else ""
 
 
 def pick_on_validation(val_acc: dict) -> dict:
@@ -320,8 +358,10 @@ def drop_of(results, name: str, seed: int, key: str = "pgd20") -> float:
 
 
 def per_seed_table(results, seeds):
-    """Per seed, in points of PGD-20 test accuracy: best, last, best-minus-last drop and the
-    train-test gap of AT and AT-AWP (the numbers behind the claims)."""
+    """Per seed, in points: PGD-20 test accuracy of the best and last checkpoints of AT and
+    AT-AWP, their best-minus-last drop and train-test gap, and, where the strong attacks ran
+    (a ``worst`` column), the same under the worst case of all attacks (the numbers behind
+    the claims)."""
     import pandas as pd
 
     rows = []
@@ -333,22 +373,56 @@ def per_seed_table(results, seeds):
                         f"{name} last": 100 * t.loc["last", "pgd20"],
                         f"{name} drop": drop_of(results, name, s),
                         f"{name} gap": 100 * t.loc["last", "gap"]})
+            if "worst" in t and t["worst"].notna().all():
+                row.update({f"{name} worst best": 100 * t.loc["best", "worst"],
+                            f"{name} worst last": 100 * t.loc["last", "worst"],
+                            f"{name} worst drop": drop_of(results, name, s, "worst")})
         rows.append(row)
     return pd.DataFrame(rows).set_index("seed")
 
 
-def claim_interval(seed_values, per_image) -> dict:
-    """95% interval of a claim's number in points: a t-interval over the seeds when there are
-    several (``seed_values``: one value per seed), else a bootstrap over the test images of the
-    one seed (``per_image``: that seed's per-image values, e.g. -1/0/1 differences)."""
+def claim_interval(seed_values, a, b) -> dict:
+    """95% interval, in points, of a claim on a difference ``mean(a) - mean(b)``: a t-interval
+    over the seeds when there are several (``seed_values``: the claim's number per seed, in
+    points), else a paired interval over the test images of the one seed (``a``, ``b``: that
+    seed's per-image values on the same images; 0/1 correctness gets Newcombe's interval,
+    anything else, e.g. -1/0/1 per-image drops, a bootstrap over the images)."""
     from ..core import claims
 
     seed_values = list(seed_values)
     if len(seed_values) > 1:
         return dict(interval=claims.seed_interval(seed_values),
                     interval_kind=f"95% t-interval over {len(seed_values)} seeds")
-    return dict(interval=claims.bootstrap_interval(100 * per_image),
-                interval_kind=f"95% bootstrap over {len(per_image)} test images, 1 seed")
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    binary = bool(np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all())
+    lo, hi = claims.paired_bootstrap_interval(a, b)
+    return dict(interval=[100 * lo, 100 * hi],
+                interval_kind=f"95% {'Newcombe (paired)' if binary else 'paired bootstrap'} "
+                              f"over {len(a)} test images, 1 seed")
+
+
+def gap_interval(seed_values, a: dict, b: dict) -> dict:
+    """95% interval, in points, of the difference of two robust generalisation gaps (train
+    minus test PGD accuracy) of models ``a`` and ``b``: a t-interval over the seeds when there
+    are several (``seed_values``: gap(a) - gap(b) per seed, in points), else a bootstrap over
+    the training and the test images of the one seed, each resampled on its own (``a``, ``b``:
+    the per-image dicts of ``evaluate``, with ``train_pgd20`` and ``pgd20`` 0/1 arrays)."""
+    import numpy as np
+
+    from ..core import claims
+
+    seed_values = list(seed_values)
+    if len(seed_values) > 1:
+        return dict(interval=claims.seed_interval(seed_values),
+                    interval_kind=f"95% t-interval over {len(seed_values)} seeds")
+    d_train = np.asarray(a["train_pgd20"], float) - np.asarray(b["train_pgd20"], float)
+    d_test = np.asarray(a["pgd20"], float) - np.asarray(b["pgd20"], float)
+    lo, hi = claims.two_sample_bootstrap_interval(d_train, d_test)
+    return dict(interval=[100 * lo, 100 * hi],
+                interval_kind=f"95% bootstrap over {len(d_train)} training and {len(d_test)} "
+                              "test images (paired per set), 1 seed")
 
 
 def spread(per_seed, *keys) -> str:
@@ -363,7 +437,7 @@ def spread(per_seed, *keys) -> str:
 
 def run_metrics(table, per_seed, sharpness: dict, **extra) -> dict:
     """The flat metrics dict of the run: every (method, checkpoint) x column of ``table`` that
-    was measured (the strong attacks run on the last checkpoints only: no NaN entries), the
+    was measured (the strong attacks run on the first seed only: no NaN entries), the
     per-seed means, the landscape sharpness of each model, and ``extra``."""
     def key(k):
         return k.lower().replace("-", "_").replace(" ", "_")
@@ -434,7 +508,8 @@ def summary(claims, diag, per_seed, sharpness: dict, overhead: float, gamma: flo
         f"{at['last test rob loss']:.2f} at the end "
         + ("(robust overfitting in the loss)" if rise > 0.05 else "(little robust overfitting)")
         + f"; its PGD accuracy changed by {-mean['AT drop']:+.1f} points from the best to the "
-        "last checkpoint.",
+        "last checkpoint" + (f" ({-mean['AT worst drop']:+.1f} under the worst case of all "
+                             "attacks)." if "AT worst drop" in mean else "."),
         f"- **AWP** (one normalised ascent step per layer, gamma = {gamma:g} picked on "
         f"validation) kept the test loss at {awp_['last test rob loss']:.2f}; its best-minus-last "
         f"drop is {mean['AT-AWP drop']:.1f} points and its last checkpoint scores "
