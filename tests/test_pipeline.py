@@ -147,6 +147,14 @@ def test_stages_ran_without_a_project_interpreter_on_path(smoke_repo):
         assert f"  {stage}: started" in first and f"  {stage}: done in" in first, first
 
 
+def test_the_default_run_keeps_every_stage_at_its_thread_count(smoke_repo):
+    """No thread grant unless asked (--grant-idle-threads): a stage's numbers depend on its
+    thread count, so `make repro` must not change it at a moment the schedule decides."""
+    repo, first = smoke_repo
+    assert "threads (nothing else can start)" not in first, first
+    assert not list((repo / "logs").glob("*.threads"))
+
+
 def test_report_collects_every_stage_and_writes_results_md(smoke_repo):
     repo, _ = smoke_repo
     md = (repo / "outputs" / "99_report" / "scorecard.md").read_text()

@@ -1,6 +1,7 @@
 """Unit tests of advlab.weights (weight-space helpers) and advlab.awp (AWP training hook)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,10 +291,15 @@ def test_step_overhead_leaves_model_untouched():
     net = tiny_bn_net()
     x, y = batch(16)
     before = snapshot(net)
-    out = step_overhead(net, training.Method("pgd_at", eps=0.1, steps=2), x, y, repeats=2)
+    out = step_overhead(net, training.Method("pgd_at", eps=0.1, steps=2), x, y, repeats=5)
     assert out["at_s"] > 0 and out["awp_s"] > 0
-    assert out["overhead"] == pytest.approx(out["awp_s"] / out["at_s"] - 1)
+    pairs = out["pair_overheads"]
+    assert len(pairs) == 5 and out["overhead"] == pytest.approx(float(np.median(pairs)))
+    lo, hi = out["interval"]
+    assert pairs.min() <= lo <= out["overhead"] <= hi <= pairs.max()
     assert all(torch.equal(t, before[k]) for k, t in net.state_dict().items())
+    with pytest.raises(ValueError, match="at least 2"):
+        step_overhead(net, training.Method("pgd_at", eps=0.1, steps=2), x, y, repeats=1)
 
 
 def test_perturbed_model_is_attackable_and_equals_functional_forward():
@@ -512,3 +518,20 @@ def test_run_metrics_leaves_out_what_was_not_measured():
     m = run_metrics(table, pd.DataFrame({"AT last": [40.0]}), {"AT last": 0.1})
     assert m["at_last_autoattack"] == 0.3 and "at_best_autoattack" not in m
     assert all(v == v for v in m.values())        # no NaN reaches metrics.json
+
+
+def test_sharpness_over_directions_matches_the_full_landscape_of_each_draw():
+    from advlab.papers.awp import sharpness_over_directions
+
+    net = tiny_bn_net().eval()
+    x, y = batch(12)
+    before = snapshot(net)
+    out = sharpness_over_directions({"m": net}, x, y, 0.05, [3, 4], at=0.5, steps=2)
+    assert len(out["m"]) == 2 and out["m"][0] != out["m"][1]  # two draws, two values
+    d = weights.filter_normalized_direction(net, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)  # the same PGD random starts for the helper and the check
+    out0 = sharpness_over_directions({"m": net}, x, y, 0.05, [3], at=0.5, steps=2)["m"][0]
+    torch.manual_seed(0)
+    curve = weights.weight_loss_landscape(net, x, y, d, [-0.5, 0.0, 0.5], 0.05, steps=2)
+    assert out0 == pytest.approx(weights.landscape_sharpness(curve, 0.5))
+    assert all(torch.equal(t, before[k]) for k, t in net.state_dict().items())

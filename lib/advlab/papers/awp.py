@@ -29,7 +29,8 @@ while crafting is a parameter, eval by default); the step-overhead measurement
 The notebook's orchestration also lives here, so its lesson cells stay short: ``hooked_step``
 (one training step exactly as ``fit`` runs it, for the from-scratch check), ``train_one``,
 ``evaluate``, ``masking_check_rows`` / ``masking_caveat``, ``per_seed_table``,
-``claim_interval`` / ``gap_interval`` / ``spread``, the three figures and
+``claim_interval`` / ``gap_interval`` / ``spread``, ``sharpness_over_directions``, the three
+figures and
 ``run_metrics``; and the ``landscape_explorer`` widget.
 """
 from __future__ import annotations
@@ -175,14 +176,22 @@ class RobustMonitor:
 
 
 def step_overhead(model: nn.Module, method, x: torch.Tensor, y: torch.Tensor,
-                  gamma: float = 0.01, repeats: int = 10, lr: float = 0.01) -> dict:
+                  gamma: float = 0.01, repeats: int = 30, lr: float = 0.01) -> dict:
     """Seconds per training step of plain ``method`` vs ``method`` + AWP on the batch (x, y).
 
     The two steps are timed alternately on a copy of ``model`` (the model is untouched), so a
-    load that changes during the measurement affects both alike, and each is summarised by its
-    fastest repeat (as ``timeit`` does: other jobs only ever add time).  Returns ``{"at_s",
-    "awp_s", "overhead"}`` with ``overhead = awp_s / at_s - 1``.
+    load that changes during the measurement affects both alike.  The overhead is the median
+    over the ``repeats`` (>= 2) alternated pairs of ``awp / at - 1``, with a 95% bootstrap
+    interval of that median over the pairs: a run-to-run spread, not only a point.  Returns
+    ``{"at_s", "awp_s"`` (the fastest repeat of each, as ``timeit`` reports), ``"overhead",
+    "interval", "pair_overheads"`` (numpy, one per pair)``}``.
     """
+    import numpy as np
+
+    from ..core import claims
+
+    if repeats < 2:
+        raise ValueError(f"repeats must be at least 2 (an interval needs pairs), got {repeats}")
     net = copy.deepcopy(model).train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     hook = AWP(net, gamma)
@@ -200,8 +209,11 @@ def step_overhead(model: nn.Module, method, x: torch.Tensor, y: torch.Tensor,
             if use_awp:
                 hook.after_update(net)
             times[use_awp].append(time.perf_counter() - t0)
-    at_s, awp_s = min(times[False]), min(times[True])
-    return {"at_s": at_s, "awp_s": awp_s, "overhead": awp_s / at_s - 1}
+    pairs = np.array(times[True]) / np.array(times[False]) - 1
+    return {"at_s": min(times[False]), "awp_s": min(times[True]),
+            "overhead": float(np.median(pairs)),
+            "interval": claims.bootstrap_interval(pairs, stat=np.median),
+            "pair_overheads": pairs}
 
 
 def hooked_step(model: nn.Module, opt, method, x, x_adv, y, gamma: float) -> dict:
@@ -447,6 +459,28 @@ def run_metrics(table, per_seed, sharpness: dict, **extra) -> dict:
     metrics.update({f"mean_{key(k)}": float(v) for k, v in per_seed.mean().items()})
     metrics.update({f"sharpness_{key(k)}": float(v) for k, v in sharpness.items()})
     return {**metrics, **extra}
+
+
+def sharpness_over_directions(models: dict, x, y, eps: float, seeds, at: float = 0.5,
+                              steps: int = 10) -> dict:
+    """Sharpness of each model along further random directions: ``{label: [one value per
+    seed]}``.
+
+    ``models``: ``{label: model}``; direction ``k`` is ``filter_normalized_direction`` drawn
+    with ``torch.Generator().manual_seed(seeds[k])``, the same draw for every model (same
+    architecture).  Only ``alpha = -at, 0, at`` are measured (all that ``landscape_sharpness``
+    reads), with PGD-``steps`` re-crafted at each; ``x`` (N, C, H, W), ``y`` (N,)."""
+    from ..core import weights
+
+    out = {label: [] for label in models}
+    for s in seeds:
+        for label, model in models.items():
+            d = weights.filter_normalized_direction(model,
+                                                    generator=torch.Generator().manual_seed(s))
+            curve = weights.weight_loss_landscape(model, x, y, d, [-at, 0.0, at], eps,
+                                                  steps=steps)
+            out[label].append(weights.landscape_sharpness(curve, at))
+    return out
 
 
 def landscape_table(curves: dict):

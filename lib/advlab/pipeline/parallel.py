@@ -19,10 +19,16 @@ treeverse/dvc#5795):
 
 So the result is the one ``dvc repro`` gives: the same ``dvc.lock``, a no-op second run, only
 changed stages re-run.  Each worker's notebook gets ``ADVLAB_THREADS`` threads (1 by default
-with two jobs) and its log goes to ``logs/STAGE.log``.  When a core would idle because every
-stage left waits for the ones running (the tail of the pipeline), the running stages are
-granted its threads through ``logs/STAGE.threads`` (read by ``core.progress.regrant`` as their
-progress bars advance), and give them back when a new stage starts.
+with two jobs) and its log goes to ``logs/STAGE.log``.
+
+``--grant-idle-threads`` (off by default): when a core would idle because every stage left
+waits for the ones running (the tail of the pipeline), the running stages are granted its
+threads through ``logs/STAGE.threads`` (read by ``core.progress.regrant`` as their progress
+bars advance), and give them back when a new stage starts.  It is off by default because a
+stage's numbers depend on its thread count (the order of floating-point sums in training) and
+the grant changes that count at a moment set by the schedule: with it, two runs of the same
+commit gave 08_acav different models (``tcav_recall_unstable`` 0.193 vs 0.162).  Without it,
+every stage runs at a fixed thread count and ``make repro`` gives the same numbers every time.
 """
 from __future__ import annotations
 
@@ -141,9 +147,11 @@ def _fmt(seconds: float) -> str:
 
 
 def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
-          heartbeat: float = 60.0) -> int:
+          heartbeat: float = 60.0, grant: bool = False) -> int:
     """Run the stale stages with ``jobs`` workers (see the module docstring).  ``only``: stage
-    names to consider (default: all).  Returns 0 when every stage is up to date at the end."""
+    names to consider (default: all); ``grant``: give an idle core's threads to the stages
+    left running (faster tail, numbers no longer fixed by the commit).  Returns 0 when every
+    stage is up to date at the end."""
     from ..core.progress import GRANT_ENV  # the file name the stages' progress bars read
 
     root = Path(root or repo_root())
@@ -151,6 +159,7 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
     graph = {n: upstream(s) & set(reg) for n, s in reg.items()}
     priority = critical_path(graph)
     threads = threads or (1 if jobs > 1 else None)
+    grant = bool(grant and threads)
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
     print(f"advlab repro: {len(reg)} stages, {jobs} at a time"
@@ -183,11 +192,11 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
             _clear_outputs(root, n)
             log = open(logs / f"{n}.log", "w")  # noqa: SIM115 - closed when the worker ends
             grant_file = logs / f"{n}.threads"
-            if threads:
+            if grant:
                 _grant(grant_file, threads)
             p = subprocess.Popen(["bash", "tools/advlab", "run", n], cwd=root,
                                  env={**env, GRANT_ENV: str(grant_file.resolve())}
-                                 if threads else env,
+                                 if grant else env,
                                  stdout=log, stderr=subprocess.STDOUT)
             running[n] = (p, time.perf_counter(), log)
             print(f"  {n}: started ({_fmt(time.perf_counter() - t_start)})", flush=True)
@@ -195,7 +204,7 @@ def repro(jobs: int = 2, threads: int | None = None, root=None, only=None,
             if ready:
                 continue  # skipped up-to-date stages may have unblocked others
             break
-        if threads:
+        if grant:
             waiting = any(n not in running and n not in done for n in ready)
             for n, k in grants(list(running), waiting, jobs, threads).items():
                 if k != granted.get(n, threads):
@@ -248,6 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", "-j", type=int, default=2, help="stages at a time (default 2)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads per stage (default: 1 when jobs > 1)")
+    ap.add_argument("--grant-idle-threads", action="store_true",
+                    help="give an idle core's threads to the stages left running (a faster "
+                         "tail; their numbers then depend on the schedule)")
     ap.add_argument("stages", nargs="*", help="only these stages (default: all)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
@@ -256,4 +268,5 @@ def main(argv=None) -> int:
     unknown = [s for s in args.stages if s not in known]
     if unknown:
         ap.error(f"unknown stage(s) {unknown}; known: {sorted(known)}")
-    return repro(args.jobs, args.threads, only=set(args.stages) or None)
+    return repro(args.jobs, args.threads, only=set(args.stages) or None,
+                 grant=args.grant_idle_threads)

@@ -34,9 +34,10 @@ KNOBS = {
     "landscape_sharpness_at": Float(0, 10),
     "n_landscape_per_class": Size(within="n_eval_per_class"),
     "landscape_steps": Int(1),
+    "landscape_directions": Int(1),
     "trades": Bool(),
     "trades_beta": Float(0),
     "trades_gamma": Float(0, 1),
     "trades_awp_warmup_epochs": Int(0),
-    "overhead_repeats": Int(1),
+    "overhead_repeats": Int(2),
 }
